@@ -107,11 +107,14 @@ class AttackSettings:
     aa_version: str = "standard"
     seed: int = 0
     batch_size: int = 256
+    attack_misclassified: bool = False  # False: points wrong on clean inputs count as errors, unattacked
+    channels_last: bool = True          # evaluate with channels-last weights (faster on CPU and GPU)
     extra: Dict[str, object] = field(default_factory=dict)
 
     def resolved(self) -> Dict[str, object]:
         return {
             "eps": self.eps,
+            "robust_requires_clean_correct": not self.attack_misclassified,
             "fgsm": {"step": self.eps, "random_start": False},
             "pgd20": {"steps": self.pgd_steps, "step": self.pgd_step or self.eps / 4, "random_start": True, "loss": "ce"},
             "cw": {"steps": self.cw_steps, "step": self.cw_step or self.eps / 4, "random_start": True, "loss": "cw-margin"},

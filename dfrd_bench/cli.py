@@ -1,4 +1,4 @@
-"""The `dfrd-bench` command line: list, eval, teacher train (run/table/plot/sweep come with later issues)."""
+"""The `dfrd-bench` command line: list, eval, run, sweep, table, plot, teacher train/bundle."""
 from __future__ import annotations
 
 import dataclasses
@@ -233,6 +233,135 @@ def run_cmd(method, dataset, source, data_root, teacher, teacher_arch, student, 
         sys.exit(130)
     click.echo(_summary_table(result))
     click.echo(f"wrote {Path(result['run_dir']) / 'result.json'}")
+
+
+# ---------------------------------------------------------------------------------------------- sweep
+def _comma(text: Optional[str]):
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+@main.command("sweep")
+@click.argument("sweep_file", required=False)
+@click.option("--method", "methods", default=None, help="comma list of methods")
+@click.option("--dataset", "datasets", default=None, help="comma list of datasets")
+@click.option("--student", "students", default=None, help="comma list of students (default: the preset's)")
+@click.option("--seed", "seeds", default=None, help="comma list of seeds (default 0)")
+@click.option("--grid", "grids", multiple=True, metavar="KEY=V1,V2", help="a setting swept over values (repeatable)")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="a setting for every run (repeatable)")
+@click.option("--preset", type=click.Choice(["paper", "quick", "smoke"]), default=None, help="default: quick")
+@click.option("--teacher", default=None)
+@click.option("--source", default=None)
+@click.option("--data-root", default=None, help="data root for every run (default: each run's $DFRD_DATA)")
+@click.option("--out", default=None, help="folder of the run folders (default: runs)")
+@click.option("--device", default=None)
+@click.option("--dry-run", is_flag=True, help="list the runs and their state without running")
+@click.option("--emit", default=None, metavar="MODE",
+              help="print the unfinished runs as commands instead: local, gpus:N, slurm or torchrun")
+@friendly
+def sweep_cmd(sweep_file, methods, datasets, students, seeds, grids, sets, preset, teacher, source, data_root, out,
+              device, dry_run, emit) -> None:
+    """Run a grid of runs one after another (finished ones skipped, interrupted ones resumed), or print it.
+
+    The grid comes from SWEEP_FILE (YAML/JSON, see docs/running.md) and/or the options; options win.
+    """
+    from .sweep import emit as emit_lines, load_sweep_file, plan, run_sweep, spec_from
+
+    data: Dict[str, Any] = load_sweep_file(sweep_file) if sweep_file else {}
+    for key, value in (("methods", _comma(methods)), ("datasets", _comma(datasets)), ("students", _comma(students)),
+                       ("seeds", _comma(seeds)), ("preset", preset), ("teacher", teacher), ("source", source),
+                       ("data_root", data_root), ("out", out), ("device", device)):
+        if value is not None:
+            data[key] = value
+    for item in grids:
+        key, _, values = item.partition("=")
+        if not values:
+            raise click.ClickException(f"--grid {item}: write KEY=V1,V2")
+        data.setdefault("grid", {})[key.strip()] = _comma(values)
+    for item in sets:
+        key, _, value = item.partition("=")
+        data.setdefault("set", {})[key.strip()] = value
+    planned = plan(spec_from(data))
+    if emit:
+        click.echo(emit_lines(planned, emit))
+        return
+    counts = {s: sum(p.status == s for p in planned) for s in ("done", "resume", "new")}
+    click.echo(f"sweep: {len(planned)} runs ({counts['done']} finished, {counts['resume']} to resume, "
+               f"{counts['new']} new)")
+    if dry_run:
+        for p in planned:
+            click.echo(f"  {p.status:6s} {p.run_dir}")
+        return
+    ran, skipped, failures = run_sweep(planned, log=click.echo)
+    click.echo(f"sweep done: {ran} ran, {skipped} skipped (finished), {len(failures)} failed")
+    if failures:
+        for f in failures:
+            click.echo(f"  {f}", err=True)
+        sys.exit(1)
+
+
+# ---------------------------------------------------------------------------------------------- table
+@main.command("table")
+@click.option("--table", "which", default="all", show_default=True,
+              help="paper table number 1-9, a comma list, or all")
+@click.option("--attacks", default="all", show_default=True, help="all, or a comma list of clean,fgsm,pgd20,cw,aa")
+@click.option("--format", "fmt", type=click.Choice(["markdown", "latex"]), default="markdown", show_default=True)
+@click.option("--results", default="results", show_default=True, help="folder searched for result JSONs")
+@click.option("--paper", is_flag=True, help="put the paper's published number and the difference beside ours")
+@click.option("--ci", is_flag=True, help="add a 95%% bootstrap interval to every worst-class cell")
+@click.option("--out", default=None, help="write to this file instead of printing")
+@click.option("--into", default=None, metavar="FILE",
+              help="replace the block between <!-- tables:start --> and <!-- tables:end --> in FILE")
+@friendly
+def table_cmd(which, attacks, fmt, results, paper, ci, out, into) -> None:
+    """The paper's tables rebuilt from the result JSONs under --results."""
+    from .evaluate import parse_attacks
+    from .report.tables import TABLE_NUMBERS, build_tables, render
+    from .utils import atomic_write_bytes, replace_between_markers
+
+    if not Path(results).is_dir():
+        raise click.ClickException(f"--results {results} is not a folder")
+    numbers = list(TABLE_NUMBERS) if which == "all" else [t.strip() for t in which.split(",") if t.strip()]
+    for n in numbers:
+        if n not in TABLE_NUMBERS:
+            raise click.ClickException(f"unknown table {n!r}: choose from {', '.join(TABLE_NUMBERS)} or all")
+    wanted = parse_attacks(attacks)
+    parts, empty = [], []
+    for n in numbers:
+        built = [t for t in build_tables(n, results, wanted, paper=paper, ci=ci) if t.blocks and t.blocks[0][1]]
+        if built:
+            parts.append(render(built, fmt))
+        else:
+            empty.append(n)
+    if empty:
+        note = (f"No runs under {results} for table{'s' if len(empty) > 1 else ''} {', '.join(empty)} "
+                f"(pass --paper to show the published numbers alone).")
+        parts.append(note if fmt == "markdown" else f"% {note}")
+    text = "\n".join(parts)
+    if into:
+        replace_between_markers(into, "tables", text)
+        click.echo(f"wrote the tables into {into}")
+    elif out:
+        atomic_write_bytes(out, text.encode())
+        click.echo(f"wrote {out}")
+    else:
+        click.echo(text)
+
+
+# ---------------------------------------------------------------------------------------------- plot
+@main.command("plot")
+@click.option("--figure", "which", default="all", show_default=True, help="1, 2, 4, 5, 6, 8, 9, a comma list, or all")
+@click.option("--results", default="results", show_default=True, help="folder searched for result JSONs")
+@click.option("--out", default="results/figures", show_default=True, help="folder for the PNG and PDF files")
+@click.option("--method", default="ferd", show_default=True, help="whose confusion matrices Fig. 2 shows")
+@friendly
+def plot_cmd(which, results, out, method) -> None:
+    """The paper's figures from the result JSONs under --results, as PNG and PDF."""
+    from .report.plots import FIGURES, plot
+
+    figures = list(FIGURES) if which == "all" else [f.strip() for f in which.split(",") if f.strip()]
+    written = plot(figures, results, out, method=method, log=click.echo)
+    for path in written:
+        click.echo(f"wrote {path}")
 
 
 # ---------------------------------------------------------------------------------------------- teacher

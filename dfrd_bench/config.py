@@ -37,6 +37,7 @@ RUNNER_DEFAULTS: Dict[str, Any] = {
     "pool_sampling": "uniform",  # uniform over the pool | latest (the batch just generated, ZSKT)
     "eps": 8 / 255,
     "attacks": "clean,fgsm,pgd20,cw,aa",
+    "channels_last": True,     # channels-last conv weights for teacher and student (faster; same maths)
     "eval_limit": None,        # stratified test subset for clean/FGSM/PGD/CW (None = full split)
     "aa_limit": None,          # stratified test subset for AutoAttack
     "eval_batch_size": 256,
@@ -57,8 +58,8 @@ RUNNER_PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
     },
     # CPU-sized: the bundled CPU teacher, a small student, about 10 minutes on 2 cores.
     "quick": {
-        "*": {"student": "resnet8", "epochs": 8, "gen_iters": 10, "student_iters": 25, "batch_size": 64,
-              "synthesis_batch_size": 64, "pool_max": 4096, "eval_limit": 1000, "aa_limit": 200},
+        "*": {"student": "resnet8", "epochs": 8, "gen_iters": 10, "student_iters": 40, "batch_size": 64,
+              "synthesis_batch_size": 64, "pool_max": 4096, "eval_limit": None, "aa_limit": 2000},
         "cifar10": {"teacher": "cpu-resnet20-cifar10"},
     },
     # Seconds, for tests and plumbing checks.

@@ -4,6 +4,11 @@ Each attack runs batch by batch on the model's device; the perturbation of every
 against the eps ball and [0, 1] (a violation is a bug and raises). Each attack draws its random
 starts from its own generator seeded by (seed, attack name), so a number does not depend on which
 other attacks ran. The model is evaluated in eval mode with frozen parameters (restored afterwards).
+
+Robust accuracy follows AutoAttack's convention: a point counts as robust only if the model classifies
+it correctly both clean and under the attack, so points misclassified clean are not attacked (they
+count as errors). Besides being the standard definition, this makes a weak model's evaluation several
+times cheaper. `AttackSettings(attack_misclassified=True)` attacks every point instead.
 """
 from __future__ import annotations
 
@@ -52,6 +57,22 @@ def frozen_eval(model: torch.nn.Module):
         model.train(was_training)
 
 
+@contextlib.contextmanager
+def channels_last(model: torch.nn.Module, enabled: bool = True):
+    """Run `model` with channels-last weights (1.4-1.8x faster convolutions on CPU); restored afterwards.
+
+    The input keeps its layout: a convolution with channels-last weights returns channels-last output.
+    """
+    if not enabled:
+        yield model
+        return
+    model.to(memory_format=torch.channels_last)
+    try:
+        yield model
+    finally:
+        model.to(memory_format=torch.contiguous_format)
+
+
 def check_perturbation(x_adv: torch.Tensor, x: torch.Tensor, eps: float, attack: str) -> float:
     linf = float((x_adv - x).abs().max()) if x.numel() else 0.0
     if linf > eps + PROJECTION_TOLERANCE or float(x_adv.min()) < -PROJECTION_TOLERANCE or float(x_adv.max()) > 1 + PROJECTION_TOLERANCE:
@@ -86,26 +107,47 @@ def evaluate(
     attack_limits = attack_limits or {}
     results: Dict[str, Any] = {}
     x_all, y_all = data.tensors()
-    with frozen_eval(model):
+    clean_full: Optional[torch.Tensor] = None  # clean predictions on the whole split, reused by the attacks
+    with frozen_eval(model), channels_last(model, enabled=settings.channels_last):
         for name in parse_attacks(list(attacks)):
             fn = ATTACKS.get(name)
             subset = data.subset(attack_limits[name], seed=settings.seed) if name in attack_limits else None
             x, y = subset.tensors() if subset is not None else (x_all, y_all)
             gen = torch.Generator().manual_seed(_attack_seed(settings.seed, name))
-            preds, max_linf = [], 0.0
             t0 = time.time()
             bs = settings.batch_size if name == "aa" else batch_size
-            for i in progress(range(0, len(y), bs), desc=f"{name}", unit="batch"):
-                xb, yb = x[i:i + bs].to(dev), y[i:i + bs].to(dev)
+            pred = torch.full((len(y),), -1, dtype=torch.long)
+            attacked = torch.ones(len(y), dtype=torch.bool)
+            if name != "clean" and not settings.attack_misclassified:
+                reuse = subset is None and clean_full is not None
+                clean_pred = clean_full if reuse else _predict(model, x, dev, batch_size)
+                attacked = clean_pred == y
+                pred[~attacked] = clean_pred[~attacked]  # already wrong: an error under every attack
+            idx = attacked.nonzero().flatten()
+            max_linf = 0.0
+            for i in progress(range(0, len(idx), bs), desc=f"{name}", unit="batch"):
+                rows = idx[i:i + bs]
+                xb, yb = x[rows].to(dev), y[rows].to(dev)
                 x_adv = fn(model, xb, yb, settings, gen)
                 max_linf = max(max_linf, check_perturbation(x_adv, xb, settings.eps if name != "clean" else 0.0, name))
                 with torch.no_grad():
-                    preds.append(model(x_adv).argmax(1).cpu())
-            pred = torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
-            entry = summarize(y.numpy(), pred, num_classes)
+                    pred[rows] = model(x_adv).argmax(1).cpu()
+            if name == "clean" and subset is None:
+                clean_full = pred.clone()
+            entry = summarize(y.numpy(), pred.numpy(), num_classes)
             entry["seconds"] = round(time.time() - t0, 2)
             entry["max_linf"] = max_linf
+            entry["attacked"] = int(len(idx))
             if subset is not None:
                 entry["subset"] = subset.source.get("subset")
             results[name] = entry
     return {"attacks": results, "settings": settings.resolved()}
+
+
+def _predict(model: torch.nn.Module, x: torch.Tensor, dev: torch.device, batch_size: int) -> torch.Tensor:
+    """Clean top-1 predictions (on CPU) of `model` for `x`."""
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            out.append(model(x[i:i + batch_size].to(dev)).argmax(1).cpu())
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)

@@ -152,6 +152,9 @@ def run(req: RunRequest, log: Callable[[str], None] = print,
     teacher = load_teacher(cfg.teacher, req.dataset, arch=cfg.teacher_arch, model_dir=req.model_dir).to(device)
     teacher.eval().requires_grad_(False)
     student = build_model(cfg.student, spec.num_classes, spec.image_size, spec.mean, spec.std).to(device)
+    if cfg.channels_last:  # channels-last conv weights: 1.4-1.8x faster on CPU (docs/running.md)
+        teacher.to(memory_format=torch.channels_last)
+        student.to(memory_format=torch.channels_last)
     test = load_split(req.dataset, "test", req.source, req.data_root)
 
     pool = SamplePool(cfg.pool_max, device)
@@ -234,7 +237,8 @@ def run(req: RunRequest, log: Callable[[str], None] = print,
         _save_grid(last_samples.x, last_samples.y, run_dir / "samples.png")
 
     t_eval = time.time()
-    settings = AttackSettings(eps=cfg.eps, seed=req.seed, batch_size=cfg.eval_batch_size)
+    settings = AttackSettings(eps=cfg.eps, seed=req.seed, batch_size=cfg.eval_batch_size,
+                              channels_last=cfg.channels_last)
     data = test.subset(cfg.eval_limit, seed=req.seed)
     limits = {"aa": cfg.aa_limit} if cfg.aa_limit and cfg.aa_limit < len(data) else {}
     evaluated = evaluate(student, data, attacks.split(","), settings, device=str(device),

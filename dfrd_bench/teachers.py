@@ -243,9 +243,7 @@ def render_cards(folder: Path) -> None:
     readme = folder / "README.md"
     if not readme.exists():
         return
-    text = readme.read_text()
-    start, end = "<!-- cards:start -->", "<!-- cards:end -->"
-    if start not in text or end not in text:
+    if "<!-- cards:start -->" not in readme.read_text():
         return
     rows = ["| teacher | arch | dataset | test source | eps | clean | FGSM | PGD-20 | CW-inf | AA | sha256 |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -264,8 +262,6 @@ def render_cards(folder: Path) -> None:
         rows.append(f"| `{c['name']}` | {c['arch']} | {c['dataset']} | {ev['data_source']['kind']} "
                     f"| {round(eps * 255)}/255 | {cell('clean')} | {cell('fgsm')} | {cell('pgd20')} | {cell('cw')} | {cell('aa')} "
                     f"| `{c['sha256'][:12]}` |")
-    body = "\n".join(rows)
-    new = text[: text.index(start) + len(start)] + "\n" + body + "\n" + text[text.index(end):]
-    from .utils import atomic_write_bytes
+    from .utils import replace_between_markers
 
-    atomic_write_bytes(readme, new.encode())
+    replace_between_markers(readme, "cards", "\n".join(rows))

@@ -116,3 +116,17 @@ def format_eps(eps: float) -> str:
     """0.0313725 -> '8/255' when it is a multiple of 1/255 (how papers write budgets)."""
     k = eps * 255
     return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{eps:g}"
+
+
+def replace_between_markers(path: Union[str, Path], name: str, body: str) -> None:
+    """Atomically replace the text between `<!-- name:start -->` and `<!-- name:end -->` in `path`.
+
+    Generated blocks (teacher cards, benchmark tables) live inside hand-written READMEs this way.
+    """
+    path = Path(path)
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    text = path.read_text() if path.exists() else ""
+    if start not in text or end not in text:
+        raise ValueError(f"{path} lacks the markers {start} ... {end}: add them where the generated text goes")
+    new = text[: text.index(start) + len(start)] + "\n" + body.rstrip("\n") + "\n" + text[text.index(end):]
+    atomic_write_bytes(path, new.encode())

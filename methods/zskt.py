@@ -106,9 +106,9 @@ class ZSKT(RobustKDMethod):
             "cifar100": {"batch_size": 512, "synthesis_batch_size": 512, "pool_max": 512},
             "tinyimagenet": {"batch_size": 512, "synthesis_batch_size": 512, "pool_max": 512},
         },
-        # 20 pseudo-batches x 10 student steps = the 200 student steps of the runner's quick preset
-        # (8 epochs x 25), 5-step RSLAD attacks: ~2-4 min of training at one (shared) CPU thread.
-        "quick": {"*": {**_PSEUDO_BATCH, "epochs": 20, "batch_size": 64, "synthesis_batch_size": 64, "pool_max": 64,
+        # 32 pseudo-batches x 10 student steps = the 320 student steps of the runner's quick preset
+        # (8 epochs x 40), 5-step RSLAD attacks.
+        "quick": {"*": {**_PSEUDO_BATCH, "epochs": 32, "batch_size": 64, "synthesis_batch_size": 64, "pool_max": 64,
                         "checkpoint_every_epochs": 8, "rslad_steps": 5}},
         "smoke": {"*": {**_PSEUDO_BATCH, "student_iters": 2, "batch_size": 8, "synthesis_batch_size": 8, "pool_max": 8,
                         "rslad_steps": 2}},

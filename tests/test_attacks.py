@@ -97,3 +97,36 @@ def test_class_count_mismatch_is_refused():
     data = from_arrays(random_images(4), np.arange(4), "cifar10")
     with pytest.raises(EvaluationError, match="100 classes"):
         evaluate(model, data, ["clean"])
+
+
+def test_points_wrong_on_clean_inputs_are_errors_and_not_attacked(monkeypatch):
+    """AutoAttack's convention: robust = right clean AND under attack; only clean-right points are attacked."""
+    model = build_model("resnet8", 10, 32)
+    data = from_arrays(random_images(40), np.arange(40) % 10, "cifar10")
+    clean = evaluate(model, data, ["clean"])["attacks"]["clean"]
+    right = int(np.trace(np.array(clean["confusion"])))
+    seen = []
+    original = ATTACKS.get("fgsm")
+
+    def counting(model, x, y, s, gen=None):
+        seen.append(len(y))
+        return original(model, x, y, s, gen)
+
+    monkeypatch.setitem(ATTACKS._items, "fgsm", counting)
+    out = evaluate(model, data, ["clean", "fgsm"])["attacks"]
+    assert sum(seen) == right == out["fgsm"]["attacked"]
+    assert out["fgsm"]["avg"] <= out["clean"]["avg"]
+    seen.clear()
+    out_all = evaluate(model, data, ["fgsm"], AttackSettings(attack_misclassified=True))["attacks"]
+    assert sum(seen) == 40 and out_all["fgsm"]["attacked"] == 40
+
+
+def test_channels_last_evaluation_gives_the_same_predictions_and_restores_the_layout():
+    model = build_model("resnet8", 10, 32)
+    data = from_arrays(random_images(30), np.arange(30) % 10, "cifar10")
+    fast = evaluate(model, data, ["clean", "pgd20"], AttackSettings(pgd_steps=3, channels_last=True))["attacks"]
+    slow = evaluate(model, data, ["clean", "pgd20"], AttackSettings(pgd_steps=3, channels_last=False))["attacks"]
+    assert fast["clean"]["confusion"] == slow["clean"]["confusion"]
+    assert abs(fast["pgd20"]["avg"] - slow["pgd20"]["avg"]) <= 100 / 30 + 1e-9  # at most one image may flip
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous()

@@ -1,0 +1,172 @@
+"""Read the results store into what tables and figures need: runs grouped by setup, seeds aggregated.
+
+A *setup* is what must be equal for two numbers to sit in one table: dataset, teacher (by checkpoint
+sha256 when known) and preset. Within a setup, runs are told apart by student, method, variant and
+the settings that change the method (`--set` values); the evaluation-only settings below do not.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+from ..store import iter_results
+
+# --set keys that change how a run is evaluated or logged, not what the method does.
+NON_METHOD_KEYS = frozenset({
+    "student", "teacher", "teacher_arch", "attacks", "eval_limit", "aa_limit", "eval_batch_size",
+    "channels_last", "checkpoint_every_epochs", "log_every_epochs",
+})
+HIGHER_IS_BETTER = {"avg": True, "worst": True, "worst10": True, "nsd": False}
+
+
+@dataclass
+class Run:
+    """One distillation result (kind 'run') with the fields tables select on."""
+    result: Dict[str, Any]
+
+    @property
+    def method(self) -> str:
+        return self.result["method"]
+
+    @property
+    def student(self) -> str:
+        return self.result["student"]["arch"]
+
+    @property
+    def seed(self) -> int:
+        return int(self.result.get("seed", 0))
+
+    @property
+    def variant(self) -> str:
+        return self.result.get("variant") or "paper"
+
+    @property
+    def config(self) -> Dict[str, Any]:
+        return self.result.get("config", {})
+
+    @property
+    def method_overrides(self) -> Dict[str, Any]:
+        return {k: v for k, v in (self.result.get("overrides") or {}).items() if k not in NON_METHOD_KEYS}
+
+    @property
+    def setup(self) -> "Setup":
+        t = self.result.get("teacher", {})
+        return Setup(self.result["dataset"], t.get("spec", "?"), t.get("checkpoint_sha256"),
+                     self.result.get("preset") or "custom")
+
+    def metric(self, attack: str, metric: str) -> Optional[float]:
+        entry = self.result["attacks"].get(attack)
+        if entry is None:
+            return None
+        v = entry.get(metric)
+        return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+@dataclass(frozen=True)
+class Setup:
+    dataset: str
+    teacher: str
+    teacher_sha256: Optional[str]
+    preset: str
+
+    def label(self) -> str:
+        return f"{self.dataset}, teacher {self.teacher}, preset {self.preset}"
+
+
+@dataclass
+class Cell:
+    """One number of a table: the mean over seeds, their sample std (ddof=1) and count."""
+    mean: Optional[float]
+    std: Optional[float] = None
+    n: int = 0
+    values: List[float] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, values: Sequence[Optional[float]]) -> "Cell":
+        vals = [float(v) for v in values if v is not None]
+        if not vals:
+            return cls(None, None, 0, [])
+        mean = sum(vals) / len(vals)
+        std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else None
+        return cls(mean, std, len(vals), vals)
+
+
+def load_runs(folder: Union[str, Path]) -> List[Run]:
+    """Every distillation result under `folder`; for a (setup, student, method, settings, seed)
+    written twice, the newer result wins (re-runs replace, they do not double-count)."""
+    latest: Dict[Tuple, Run] = {}
+    for r in iter_results(folder):
+        if r.get("kind") != "run":
+            continue
+        run = Run(r)
+        key = (run.setup, run.student, run.method, run.variant,
+               tuple(sorted((k, repr(v)) for k, v in run.method_overrides.items())), run.seed)
+        prev = latest.get(key)
+        if prev is None or _created(r) >= _created(prev.result):
+            latest[key] = run
+    return list(latest.values())
+
+
+def _created(result: Dict[str, Any]) -> str:
+    return str(result.get("provenance", {}).get("created", ""))
+
+
+def load_model_evals(folder: Union[str, Path]) -> List[Dict[str, Any]]:
+    """Evaluations of single models (kinds 'eval' and 'teacher'), e.g. of the teachers."""
+    return [r for r in iter_results(folder) if r.get("kind") in ("eval", "teacher")]
+
+
+def teacher_attacks(evals: Iterable[Dict[str, Any]], sha256: Optional[str], dataset: str) -> Dict[str, Dict[str, Any]]:
+    """Per attack, the largest evaluation of the model with checkpoint `sha256` on `dataset`."""
+    best: Dict[str, Dict[str, Any]] = {}
+    if not sha256:
+        return best
+    for r in evals:
+        if r["model"].get("checkpoint_sha256") != sha256 or r["dataset"] != dataset:
+            continue
+        for attack, entry in r["attacks"].items():
+            if attack not in best or entry["n"] > best[attack]["n"]:
+                best[attack] = {**entry, "_source": r.get("data_source", {})}
+    return best
+
+
+def group_by_setup(runs: Iterable[Run], dataset: Optional[str] = None) -> Dict[Setup, List[Run]]:
+    out: Dict[Setup, List[Run]] = {}
+    for run in runs:
+        if dataset is None or run.result["dataset"] == dataset:
+            out.setdefault(run.setup, []).append(run)
+    return dict(sorted(out.items(), key=lambda kv: (kv[0].dataset, kv[0].teacher, kv[0].preset)))
+
+
+def matches(run: Run, method: str, config: Dict[str, Any], variant: str = "paper") -> bool:
+    """True when `run` is `method` in `variant` with `config` values and no other method setting changed."""
+    if run.method != method or run.variant != variant:
+        return False
+    for key, want in config.items():
+        if run.config.get(key) != want:
+            return False
+    return set(run.method_overrides) <= set(config)
+
+
+def describe_sources(runs: Sequence[Run]) -> List[str]:
+    """One line per distinct evaluation data source and size among `runs`, for a table's footer."""
+    lines = []
+    seen = set()
+    for run in runs:
+        src = run.result.get("data_source", {})
+        attacks = run.result.get("attacks", {})
+        sizes = sorted({(a, e.get("n")) for a, e in attacks.items()}, key=lambda t: t[0])
+        main = max((n for _, n in sizes if n), default=0)
+        small = ", ".join(f"{a} on {n}" for a, n in sizes if n and n < main)
+        key = (src.get("kind"), Path(str(src.get("path", ""))).name, src.get("split"), main, small)
+        if key in seen:
+            continue
+        seen.add(key)
+        line = f"{src.get('split', 'test')} split of {Path(str(src.get('path', '?'))).name} ({src.get('kind', '?')}), {main} images"
+        if small:
+            line += f"; {small} (class-stratified subset)"
+        seen_line = line
+        lines.append(seen_line)
+    return lines

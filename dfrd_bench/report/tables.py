@@ -1,0 +1,408 @@
+"""The paper's tables, rebuilt from the results store (never typed): specs as data, one builder, two renderers.
+
+A table spec names the paper's rows (method + the settings that define the row), its attack columns and
+metrics. `build_tables` selects matching runs per setup (dataset, teacher, preset) and per student,
+averages seeds, marks best/second per column and attaches the published numbers when asked;
+`render_markdown` / `render_latex` turn the result into text. Table 4 (teachers) reads model evaluations.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+from ..attacks import ATTACK_ORDER
+from ..data.specs import get_dataset_spec
+from ..metrics import bootstrap_worst
+from ..registry import Registry
+from .collect import (HIGHER_IS_BETTER, Cell, Run, Setup, describe_sources, group_by_setup, load_model_evals,
+                      load_runs, matches, teacher_attacks)
+
+PUBLISHED_PATH = Path(__file__).with_name("published_ferd.json")
+ATTACK_LABELS = {"clean": "Clean", "fgsm": "FGSM", "pgd20": "PGD-20", "cw": "CW-inf", "aa": "AA"}
+METRIC_LABELS = {"avg": "Avg", "worst": "Worst", "worst10": "Worst-10%", "nsd": "NSD"}
+METHOD_LABELS = {"zskt": "ZSKT", "cmi": "CMI", "deepinv": "DeepInv", "fast": "Fast", "dfhl": "DFHL", "ferd": "FERD"}
+BASELINES = ("zskt", "cmi", "deepinv", "fast", "dfhl", "ferd")
+RSLAD_METHODS = ("zskt", "cmi", "deepinv", "fast")
+
+
+class TableError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    id: str                                   # the row's id in the published-numbers file
+    label: str
+    method: str
+    config: Dict[str, Any] = field(default_factory=dict)
+    variant: str = "paper"
+    delta_from: Optional[str] = None          # Table 8: show the change from this row's values
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    number: str
+    caption: str
+    dataset: Optional[str]                    # None: any dataset, one table per setup
+    attacks: Tuple[str, ...]
+    metrics: Tuple[str, ...]                  # 'worst' becomes worst-10% on datasets with >= 100 classes
+    rows: Union[Tuple[RowSpec, ...], Callable[[List[Run]], Tuple[RowSpec, ...]]]
+    per_student: bool = True                  # one block of rows per student architecture
+    mark_best: bool = True
+    published_by_student: bool = True         # published ids are '<student family>/<row id>'
+
+
+TABLES: Registry[TableSpec] = Registry("table")
+
+
+def _method_rows(methods: Sequence[str] = BASELINES) -> Tuple[RowSpec, ...]:
+    return tuple(RowSpec(m, METHOD_LABELS[m], m) for m in methods)
+
+
+def _rslad_rows() -> Tuple[RowSpec, ...]:
+    rows: List[RowSpec] = []
+    for m in RSLAD_METHODS:
+        rows.append(RowSpec(m, METHOD_LABELS[m], m, {"rslad": False}))
+        rows.append(RowSpec(f"{m}+rslad", f"{METHOD_LABELS[m]}+RSLAD", m, {"rslad": True}, delta_from=m))
+    return tuple(rows)
+
+
+def _layer_rows(runs: List[Run]) -> Tuple[RowSpec, ...]:
+    """Table 9: one row per FERD layer l found (the paper: block1..3 of a WRN; '' = the last block)."""
+    layers = sorted({str(r.config.get("layer", "")) for r in runs if r.method == "ferd"}) or ["block1", "block2", "block3"]
+    return tuple(RowSpec(layer or "block3", layer or "last block (default)", "ferd", {"layer": layer}) for layer in layers)
+
+
+_ALL = ATTACK_ORDER
+_AWN = ("avg", "worst", "nsd")
+for _spec in (
+    TableSpec("1", "Avg, Worst and NSD of each method's student on CIFAR-10", "cifar10", _ALL, _AWN, _method_rows()),
+    TableSpec("2", "Avg, Worst-10% and NSD of each method's student on CIFAR-100", "cifar100", _ALL, _AWN, _method_rows()),
+    TableSpec("3", "Ablation of FERD's components", None, ("clean", "pgd20"), ("avg", "worst"), (
+        RowSpec("ferd", "FERD", "ferd", {"reweight": True, "fae": True, "utae": True}),
+        RowSpec("no-reweight", "w/o reweighting", "ferd", {"reweight": False, "fae": True, "utae": True}),
+        RowSpec("no-fae", "w/o FAEs", "ferd", {"reweight": True, "fae": False, "utae": True}),
+        RowSpec("no-utae", "w/o UTAEs", "ferd", {"reweight": True, "fae": True, "utae": False}),
+        RowSpec("no-fae-utae", "w/o FAEs, UTAEs", "ferd", {"reweight": True, "fae": False, "utae": False}),
+    )),
+    TableSpec("5", "Avg, Worst-10% and NSD on Tiny-ImageNet", "tinyimagenet", _ALL, _AWN,
+              _method_rows(("cmi", "deepinv", "fast", "dfhl", "ferd")), published_by_student=False),
+    TableSpec("6", "FERD's reweighting strategies", None, ("clean", "fgsm", "pgd20"), _AWN, tuple(
+        RowSpec(s, label, "ferd", {"reweight_strategy": s}) for s, label in (
+            ("power", "power"), ("sigmoid", "sigmoid"), ("linear", "linear"), ("tanh", "tanh"),
+            ("margin-softmax", "FERD (margin softmax)")))),
+    TableSpec("7", "FERD's generator loss weights (lambda_adv-bn-oh-uni)", None, _ALL, _AWN, tuple(
+        RowSpec(f"{a}-{b}-{o}-{u}", f"{a}-{b}-{o}-{u}", "ferd",
+                {"lambda_adv": float(a), "lambda_bn": float(b), "lambda_oh": float(o), "lambda_uni": float(u)})
+        for a, b, o, u in ((1, 1, 1, 1), (5, 1, 1, 1), (1, 5, 1, 1), (1, 1, 5, 1), (1, 1, 1, 5), (1, 3, 1, 3),
+                           (1, 5, 1, 5), (1, 7, 1, 7), (1, 9, 1, 9)))),
+    TableSpec("8", "DFKD and the same method made robust with RSLAD (change in parentheses)", None, _ALL, ("avg",),
+              _rslad_rows(), mark_best=False),
+    TableSpec("9", "FERD's intermediate layer l", None, ("clean", "fgsm", "pgd20"), ("avg", "worst"), _layer_rows),
+):
+    TABLES.register(_spec.number, help=_spec.caption)(_spec)
+TABLE_NUMBERS = ("1", "2", "3", "4", "5", "6", "7", "8", "9")
+
+
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class BuiltRow:
+    label: str
+    spec_id: str
+    cells: Dict[Tuple[str, str], Cell]
+    published: Dict[Tuple[str, str], float] = field(default_factory=dict)
+    delta: Dict[Tuple[str, str], Optional[float]] = field(default_factory=dict)
+    ci: Dict[Tuple[str, str], Tuple[float, float]] = field(default_factory=dict)
+    marks: Dict[Tuple[str, str], str] = field(default_factory=dict)   # 'best' | 'second'
+    seeds: int = 0
+
+
+@dataclass
+class BuiltTable:
+    number: str
+    caption: str
+    columns: List[Tuple[str, str]]                   # (attack, metric)
+    blocks: List[Tuple[str, List[BuiltRow]]]          # (block label, rows)
+    notes: List[str]
+    block_title: str = "Student"
+    row_title: str = "Method"
+
+    @property
+    def missing(self) -> int:
+        return sum(1 for _, rows in self.blocks for r in rows for c in self.columns if r.cells[c].mean is None)
+
+
+def load_published(path: Union[str, Path] = PUBLISHED_PATH) -> Dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TableError(f"cannot read the published numbers {path}: {exc}") from None
+
+
+def student_family(arch: str) -> str:
+    """The paper's student a CPU-sized one stands in for when published numbers are put beside ours."""
+    return "mobilenetv2" if arch.startswith("mobilenet") else "resnet18"
+
+
+def _worst_key(dataset: str) -> str:
+    return "worst10" if get_dataset_spec(dataset).num_classes >= 100 else "worst"
+
+
+def _columns(spec: TableSpec, dataset: str, attacks: Sequence[str]) -> List[Tuple[str, str]]:
+    metrics = [(_worst_key(dataset) if m == "worst" else m) for m in spec.metrics]
+    return [(a, m) for a in spec.attacks if a in attacks for m in metrics]
+
+
+def build_tables(number: str, results: Union[str, Path], attacks: Sequence[str] = _ALL, paper: bool = False,
+                 ci: bool = False, published: Optional[Dict[str, Any]] = None) -> List[BuiltTable]:
+    """The tables for paper table `number` from the results under `results` (one per setup found)."""
+    if number == "4":
+        return [_build_teacher_table(results, attacks, paper, published)]
+    spec = TABLES.get(number)
+    published = (published or load_published()) if paper else None
+    runs = load_runs(results)
+    out = []
+    for setup, setup_runs in group_by_setup(runs, spec.dataset).items():
+        rows_spec = spec.rows(setup_runs) if callable(spec.rows) else spec.rows
+        if not any(matches(r, rs.method, rs.config, rs.variant) for r in setup_runs for rs in rows_spec):
+            continue
+        out.append(_build(spec, setup, setup_runs, rows_spec, attacks, published, ci))
+    if not out and paper:  # nothing of ours: still show the published numbers
+        dataset = spec.dataset or "cifar10"
+        rows_spec = spec.rows([]) if callable(spec.rows) else spec.rows
+        out.append(_build(spec, Setup(dataset, "-", None, "-"), [], rows_spec, attacks, published, ci))
+    return out
+
+
+def _build(spec: TableSpec, setup: Setup, runs: List[Run], rows_spec: Sequence[RowSpec], attacks: Sequence[str],
+           published: Optional[Dict[str, Any]], ci: bool) -> BuiltTable:
+    columns = _columns(spec, setup.dataset, attacks)
+    students = sorted({r.student for r in runs}) if spec.per_student else [""]
+    if spec.per_student and not students:
+        students = ["resnet18", "mobilenetv2"] if spec.published_by_student else ["-"]
+    pub_rows = (published or {}).get("tables", {}).get(spec.number, {}).get("rows", {})
+    blocks = []
+    for student in students:
+        rows: List[BuiltRow] = []
+        for rs in rows_spec:
+            picked = [r for r in runs if matches(r, rs.method, rs.config, rs.variant) and (not student or r.student == student)]
+            cells = {(a, m): Cell.of([r.metric(a, m) for r in picked]) for a, m in columns}
+            row = BuiltRow(rs.label, rs.id, cells, seeds=len(picked))
+            if published is not None:
+                pid = f"{student_family(student)}/{rs.id}" if spec.published_by_student else rs.id
+                for a, m in columns:
+                    v = pub_rows.get(pid, {}).get(a, {}).get(m)
+                    if v is not None:
+                        row.published[(a, m)] = float(v)
+            if ci:
+                for a, m in columns:
+                    if m in ("worst", "worst10") and picked:
+                        evals = [(r.result["attacks"][a]["per_class"], r.result["attacks"][a]["per_class_n"])
+                                 for r in picked if a in r.result["attacks"]]
+                        if evals:
+                            b = bootstrap_worst(evals, fraction=0.1 if m == "worst10" else None)
+                            row.ci[(a, m)] = (b["low"], b["high"])
+            rows.append(row)
+        _deltas(rows, rows_spec, columns)
+        if spec.mark_best:
+            _mark(rows, columns)
+        blocks.append((student, rows))
+    table = BuiltTable(spec.number, spec.caption, columns, blocks, [],
+                       block_title="Student" if spec.per_student else "")
+    table.notes = _notes(table, setup, runs, published is not None, ci, published)
+    return table
+
+
+def _deltas(rows: List[BuiltRow], rows_spec: Sequence[RowSpec], columns) -> None:
+    by_id = {rs.id: row for rs, row in zip(rows_spec, rows)}
+    for rs, row in zip(rows_spec, rows):
+        if rs.delta_from and rs.delta_from in by_id:
+            base = by_id[rs.delta_from]
+            for c in columns:
+                a, b = row.cells[c].mean, base.cells[c].mean
+                row.delta[c] = None if a is None or b is None else a - b
+
+
+def _display(metric: str, value: float) -> str:
+    return f"{value:.3f}" if metric == "nsd" else f"{value:.2f}"
+
+
+def _mark(rows: List[BuiltRow], columns) -> None:
+    """Bold the best and underline the second-best value of each column (ties share a mark)."""
+    for c in columns:
+        shown = sorted({float(_display(c[1], r.cells[c].mean)) for r in rows if r.cells[c].mean is not None},
+                       reverse=HIGHER_IS_BETTER[c[1]])
+        if len(shown) < 2 and sum(r.cells[c].mean is not None for r in rows) < 2:
+            continue
+        for r in rows:
+            if r.cells[c].mean is None:
+                continue
+            v = float(_display(c[1], r.cells[c].mean))
+            if v == shown[0]:
+                r.marks[c] = "best"
+            elif len(shown) > 1 and v == shown[1]:
+                r.marks[c] = "second"
+
+
+def _notes(table: BuiltTable, setup: Setup, runs: List[Run], paper: bool, ci: bool,
+           published: Optional[Dict[str, Any]]) -> List[str]:
+    notes = []
+    if runs:
+        sha = f" (sha256 {setup.teacher_sha256[:12]}…)" if setup.teacher_sha256 else ""
+        notes.append(f"Setup: {setup.dataset}, teacher `{setup.teacher}`{sha}, preset `{setup.preset}`; "
+                     f"{len(runs)} run{'s' if len(runs) != 1 else ''} in this setup.")
+        for line in describe_sources(runs):
+            notes.append(f"Data: {line}.")
+    else:
+        notes.append("No runs of ours in the results folder for this table.")
+    if table.columns and any(m == "nsd" for _, m in table.columns):
+        notes.append("Avg, Worst: higher is better; NSD (std / mean of per-class accuracy): lower is better.")
+    if any(m == "worst10" for _, m in table.columns):
+        notes.append("Worst-10%: mean accuracy of the lowest 10% of classes.")
+    seeds = sorted({r.seeds for _, rows in table.blocks for r in rows if r.seeds})
+    if seeds and seeds != [1]:
+        notes.append("Cells over several seeds show mean ± sample std; n = number of seeds.")
+    if ci:
+        notes.append("Worst cells: [95% percentile bootstrap interval] over test images resampled per class "
+                     "(2,000 draws; the minimum is biased low when several classes are close to it).")
+    if paper:
+        src = (published or {}).get("source", "the paper")
+        notes.append(f"[published; ours − published] from {src}. The paper used a WRN-34-10 teacher, ResNet-18 / "
+                     f"MobileNet-V2 students and 220 epochs; a CPU-scale row is put beside the paper's row of the "
+                     f"same student family, so only orderings, not values, are comparable.")
+    missing = table.missing
+    if missing:
+        notes.append(f"–: {missing} cell{'s' if missing != 1 else ''} without a result (run them with "
+                     f"`dfrd-bench run` or `dfrd-bench sweep`).")
+    return notes
+
+
+def _build_teacher_table(results, attacks, paper, published) -> BuiltTable:
+    """Table 4: each teacher used by the runs, from evaluations of its checkpoint (matched by sha256)."""
+    published = (published or load_published()) if paper else None
+    runs = load_runs(results)
+    evals = load_model_evals(results)
+    columns = [(a, "avg") for a in _ALL if a in attacks]
+    teachers = {}
+    for r in runs:
+        s = r.setup
+        teachers.setdefault((s.dataset, s.teacher, s.teacher_sha256), None)
+    rows = []
+    pub_rows = (published or {}).get("tables", {}).get("4", {}).get("rows", {})
+    sources: Dict[str, List[str]] = {}
+    for dataset, name, sha in sorted(teachers, key=lambda t: (t[0], t[1])):
+        found = teacher_attacks(evals, sha, dataset)
+        cells = {(a, m): Cell.of([found[a][m]] if a in found and found[a].get(m) is not None else []) for a, m in columns}
+        row = BuiltRow(f"{name} ({dataset})", dataset, cells, seeds=1 if found else 0)
+        for a, m in columns:
+            if a in found:
+                src = found[a]["_source"]
+                where = (f"{name}: {{}} on {found[a]['n']} {src.get('split', 'test')} images of "
+                         f"{Path(str(src.get('path', '?'))).name}")
+                sources.setdefault(where, []).append(ATTACK_LABELS.get(a, a))
+            v = pub_rows.get(dataset, {}).get(a, {}).get(m)
+            if published is not None and v is not None:
+                row.published[(a, m)] = float(v)
+        rows.append(row)
+    table = BuiltTable("4", "Robust accuracy of the teachers", columns, [("", rows)], [], block_title="",
+                       row_title="Teacher")
+    notes = ["Teachers are the ones the runs used, evaluated by `dfrd-bench eval` (results matched by checkpoint sha256)."]
+    notes += [f"Data: {where.format(', '.join(names))}." for where, names in sources.items()]
+    if paper:
+        notes.append("[published; ours − published] from the paper's Table 4 (WRN-34-10 / PreActResNet-34 teachers).")
+    if table.missing:
+        notes.append(f"–: {table.missing} cells without an evaluation (run `dfrd-bench eval` on the teacher "
+                     f"with --out into the results folder).")
+    if not rows:
+        notes.append("No runs in the results folder, so no teachers to show.")
+    table.notes = notes
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+def _cell_text(row: BuiltRow, c: Tuple[str, str], fmt: str) -> str:
+    cell = row.cells[c]
+    if cell.mean is None:
+        text = "–" if fmt == "markdown" else "--"
+    else:
+        text = _display(c[1], cell.mean)
+        if cell.std is not None:
+            pm = " ± " if fmt == "markdown" else r" $\pm$ "
+            text += pm + _display(c[1], cell.std)
+        if c in row.ci:
+            lo, hi = row.ci[c]
+            text += f" [{lo:.1f}, {hi:.1f}]"
+        if c in row.delta and row.delta[c] is not None:
+            text += f" ({row.delta[c]:+.2f})"
+        mark = row.marks.get(c)
+        if mark == "best":
+            text = f"**{text}**" if fmt == "markdown" else rf"\textbf{{{text}}}"
+        elif mark == "second":
+            text = f"<ins>{text}</ins>" if fmt == "markdown" else rf"\underline{{{text}}}"
+    if c in row.published:
+        pub = row.published[c]
+        diff = "" if cell.mean is None else f"; {cell.mean - pub:+.2f}" if c[1] != "nsd" else f"; {cell.mean - pub:+.3f}"
+        text += f" [{_display(c[1], pub)}{diff}]"
+    return text
+
+
+def _header(c: Tuple[str, str]) -> str:
+    return f"{ATTACK_LABELS.get(c[0], c[0])} {METRIC_LABELS[c[1]]}"
+
+
+def render_markdown(table: BuiltTable) -> str:
+    lead = [t for t in (table.block_title, table.row_title) if t] + ["n"]
+    lines = [f"**Table {table.number}.** {table.caption}.", ""]
+    lines.append("| " + " | ".join(lead + [_header(c) for c in table.columns]) + " |")
+    lines.append("|" + "|".join([":--"] * len(lead) + ["--:"] * len(table.columns)) + "|")
+    for block, rows in table.blocks:
+        for i, row in enumerate(rows):
+            first = ([block if i == 0 else ""] if table.block_title else [])
+            cells = [_cell_text(row, c, "markdown") for c in table.columns]
+            lines.append("| " + " | ".join(first + [row.label, str(row.seeds)] + cells) + " |")
+    lines.append("")
+    lines += [f"- {n}" for n in table.notes]
+    return "\n".join(lines) + "\n"
+
+
+def _tex(text: str) -> str:
+    return (text.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&").replace("#", r"\#")
+            .replace("−", "-").replace("…", r"\ldots{}").replace("–", "--"))
+
+
+def render_latex(table: BuiltTable) -> str:
+    lead = [t for t in (table.block_title, table.row_title) if t] + ["n"]
+    attacks = list(dict.fromkeys(a for a, _ in table.columns))
+    per = {a: [c for c in table.columns if c[0] == a] for a in attacks}
+    colspec = "l" * len(lead) + "".join("r" * len(per[a]) for a in attacks)
+    out = [r"\begin{table}[t]", r"\centering", r"\small",
+           rf"\caption{{Table {table.number}: {_tex(table.caption)}.}}", rf"\begin{{tabular}}{{{colspec}}}", r"\toprule"]
+    out.append(" & ".join([""] * len(lead) + [rf"\multicolumn{{{len(per[a])}}}{{c}}{{{ATTACK_LABELS.get(a, a)}}}"
+                                                for a in attacks]) + r" \\")
+    rules, col = [], len(lead) + 1
+    for a in attacks:
+        rules.append(rf"\cmidrule(lr){{{col}-{col + len(per[a]) - 1}}}")
+        col += len(per[a])
+    out.append(" ".join(rules))
+    out.append(" & ".join(lead + [_tex(METRIC_LABELS[m]) for _, m in table.columns]) + r" \\")
+    out.append(r"\midrule")
+    for bi, (block, rows) in enumerate(table.blocks):
+        if bi:
+            out.append(r"\midrule")
+        for i, row in enumerate(rows):
+            first = ([_tex(block) if i == 0 else ""] if table.block_title else [])
+            cells = [_tex(_cell_text(row, c, "latex")) for c in table.columns]
+            out.append(" & ".join(first + [_tex(row.label), str(row.seeds)] + cells) + r" \\")
+    out += [r"\bottomrule", r"\end{tabular}"]
+    out += [rf"\par\footnotesize {_tex(n).replace('`', '')}" for n in table.notes]
+    out.append(r"\end{table}")
+    return "\n".join(out) + "\n"
+
+
+def render(tables: Sequence[BuiltTable], fmt: str = "markdown") -> str:
+    if fmt not in ("markdown", "latex"):
+        raise TableError(f"unknown format {fmt!r}: use markdown or latex")
+    fn = render_markdown if fmt == "markdown" else render_latex
+    return "\n".join(fn(t) for t in tables)

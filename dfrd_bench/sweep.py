@@ -1,0 +1,179 @@
+"""Sweeps: a grid of runs (datasets x methods x students x seeds x --grid values), run or printed.
+
+Every point of the grid is an ordinary `dfrd-bench run` with the same folder name it would get from the
+command line, so a sweep finds its own finished runs (skipped), its interrupted ones (resumed from their
+last epoch) and runs the rest one after another. For larger machines it prints the same runs as command
+lines: plain, one queue per GPU, a SLURM job array, or torchrun launches.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from .config import ConfigError, parse_overrides, resolve_config
+from .method import get_method
+from .runner import RESULT_FILE, STATE_FILE, RunRequest, run, run_name_for
+
+SWEEP_KEYS = ("preset", "datasets", "methods", "students", "seeds", "grid", "set", "out", "source", "data_root",
+              "teacher", "device")
+EMIT_MODES = ("local", "gpus:N", "slurm", "torchrun")
+
+
+@dataclass
+class SweepSpec:
+    methods: List[str]
+    datasets: List[str]
+    students: List[Optional[str]] = field(default_factory=lambda: [None])   # None: the preset's student
+    seeds: List[int] = field(default_factory=lambda: [0])
+    grid: Dict[str, List[str]] = field(default_factory=dict)                # every combination
+    fixed: Dict[str, str] = field(default_factory=dict)                     # applied to every run
+    preset: str = "quick"
+    out: str = "runs"
+    source: Optional[str] = None
+    data_root: Optional[str] = None
+    teacher: Optional[str] = None
+    device: str = "auto"
+
+
+@dataclass
+class PlannedRun:
+    request: RunRequest
+    run_dir: Path
+    status: str          # 'done' | 'resume' | 'new'
+    sets: Dict[str, str]  # the --set values of this point, as text
+
+
+def load_sweep_file(path: str) -> Dict[str, Any]:
+    """A sweep file (YAML or JSON) with the keys of SWEEP_KEYS; unknown keys fail with the list."""
+    text = Path(path).read_text()
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a sweep file is a mapping of {', '.join(SWEEP_KEYS)}")
+    unknown = sorted(set(data) - set(SWEEP_KEYS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown sweep keys {', '.join(unknown)}; known: {', '.join(SWEEP_KEYS)}")
+    return data
+
+
+def spec_from(data: Dict[str, Any]) -> SweepSpec:
+    """A SweepSpec from a sweep file's mapping (lists may also be given as comma strings)."""
+    def listed(key: str, default: List[Any]) -> List[Any]:
+        v = data.get(key)
+        if v is None:
+            return default
+        return [s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else list(v)
+
+    if not data.get("methods") or not data.get("datasets"):
+        raise ConfigError("a sweep needs methods and datasets (e.g. --method ferd,zskt --dataset cifar10)")
+    grid = {str(k): [str(x) for x in (v if isinstance(v, list) else [v])] for k, v in (data.get("grid") or {}).items()}
+    fixed = {str(k): str(v) for k, v in (data.get("set") or {}).items()}
+    return SweepSpec(methods=listed("methods", []), datasets=listed("datasets", []),
+                     students=listed("students", [None]), seeds=[int(s) for s in listed("seeds", [0])],
+                     grid=grid, fixed=fixed, preset=data.get("preset", "quick"), out=data.get("out", "runs"),
+                     source=data.get("source"), data_root=data.get("data_root"), teacher=data.get("teacher"),
+                     device=data.get("device", "auto"))
+
+
+def plan(spec: SweepSpec) -> List[PlannedRun]:
+    """Every grid point as a run request, with its folder and whether it is done, resumable or new."""
+    keys = sorted(spec.grid)
+    combos = list(itertools.product(*(spec.grid[k] for k in keys))) or [()]
+    planned = []
+    for dataset, method, student, seed, combo in itertools.product(spec.datasets, spec.methods, spec.students,
+                                                                  spec.seeds, combos):
+        sets = {**spec.fixed, **dict(zip(keys, combo))}
+        overrides = parse_overrides([f"{k}={v}" for k, v in sets.items()])
+        # the same overrides `dfrd-bench run` builds, so the folder name is the same as from the CLI
+        for key, value in (("teacher", spec.teacher), ("student", student)):
+            if value is not None:
+                overrides[key] = value
+        req = RunRequest(method=method, dataset=dataset, preset=spec.preset, seed=int(seed), overrides=overrides,
+                         source=spec.source, data_root=spec.data_root, out=spec.out, device=spec.device)
+        cfg = resolve_config(get_method(method), dataset, spec.preset, overrides)  # fails early on bad names and keys
+        run_dir = Path(spec.out) / run_name_for(req, cfg)
+        status = "done" if (run_dir / RESULT_FILE).exists() else "resume" if (run_dir / STATE_FILE).exists() else "new"
+        planned.append(PlannedRun(req, run_dir, status, {**sets, **({"student": student} if student else {})}))
+    return planned
+
+
+def run_sweep(planned: Sequence[PlannedRun], log: Callable[[str], None] = print) -> Tuple[int, int, List[str]]:
+    """Run every unfinished point one after another; returns (ran, skipped, failures)."""
+    ran, skipped, failures = 0, 0, []
+    todo = [p for p in planned if p.status != "done"]
+    for p in planned:
+        if p.status == "done":
+            skipped += 1
+            log(f"skip (finished): {p.run_dir}")
+    for i, p in enumerate(todo, 1):
+        log(f"[{i}/{len(todo)}] {'resume' if p.status == 'resume' else 'start'}: {p.run_dir}")
+        p.request.resume = p.status == "resume"
+        try:
+            run(p.request, log=log)
+            ran += 1
+        except Exception as exc:  # one failed point must not stop the others; reported at the end
+            failures.append(f"{p.run_dir}: {type(exc).__name__}: {exc}")
+            log(f"FAILED {p.run_dir}: {exc}")
+    return ran, skipped, failures
+
+
+def command_line(p: PlannedRun, program: str = "dfrd-bench") -> str:
+    """The `dfrd-bench run` command of one grid point (resumable, so safe to re-run)."""
+    req = p.request
+    args = [program, "run", "--method", req.method, "--dataset", req.dataset, "--preset", req.preset,
+            "--seed", str(req.seed), "--out", req.out, "--resume"]
+    sets = dict(p.sets)
+    for flag in ("student", "teacher"):
+        if flag in req.overrides:
+            args += [f"--{flag}", str(req.overrides[flag])]
+            sets.pop(flag, None)
+    if req.source:
+        args += ["--source", req.source]
+    if req.data_root:
+        args += ["--data-root", req.data_root]
+    for k, v in sets.items():
+        args += ["--set", f"{k}={v}"]
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def emit(planned: Sequence[PlannedRun], mode: str = "local", include_done: bool = False) -> str:
+    """The unfinished runs as command lines for `mode` (see EMIT_MODES)."""
+    todo = [p for p in planned if include_done or p.status != "done"]
+    if mode == "local":
+        return "\n".join(command_line(p) for p in todo)
+    if mode.startswith("gpus:"):
+        try:
+            n = int(mode.split(":", 1)[1])
+        except ValueError:
+            raise ConfigError(f"--emit {mode}: write gpus:N with N the number of GPUs, e.g. gpus:4") from None
+        queues: List[List[str]] = [[] for _ in range(max(1, n))]
+        for i, p in enumerate(todo):
+            queues[i % len(queues)].append(command_line(p))
+        lines = ["# one queue per GPU; each run is resumable, so re-running this block continues where it stopped"]
+        for gpu, cmds in enumerate(queues):
+            if cmds:
+                lines.append(f"(export CUDA_VISIBLE_DEVICES={gpu}; " + " ; ".join(cmds) + ") &")
+        return "\n".join(lines + ["wait"])
+    if mode == "slurm":
+        body = "\n".join(f"  {shlex.quote(command_line(p))}" for p in todo)
+        return "\n".join([
+            "#!/bin/bash",
+            f"#SBATCH --job-name=dfrd-sweep --array=0-{max(0, len(todo) - 1)} --gres=gpu:1 --cpus-per-task=8",
+            "#SBATCH --output=logs/%x-%A_%a.out --requeue",
+            "# one run per array task; a requeued task resumes from its last checkpoint",
+            "RUNS=(", body, ")",
+            'eval "${RUNS[$SLURM_ARRAY_TASK_ID]}"',
+        ])
+    if mode == "torchrun":
+        return "\n".join(["# one process per run (the runner is single-process; DDP is on the roadmap)"] +
+                         [command_line(p, program="torchrun --standalone --nproc_per_node=1 -m dfrd_bench.cli")
+                          for p in todo])
+    raise ConfigError(f"unknown --emit {mode!r}: use one of {', '.join(EMIT_MODES)}")

@@ -1,0 +1,228 @@
+"""Tables, bootstrap, figures and sweeps from fixed result JSONs (and a two-run smoke sweep)."""
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from dfrd_bench.cli import main
+from dfrd_bench.metrics import bootstrap_worst, summarize
+from dfrd_bench.report.plots import FIGURES, plot
+from dfrd_bench.report.tables import build_tables, load_published, render
+from dfrd_bench.store import write_result
+from dfrd_bench.sweep import emit, plan, run_sweep, spec_from
+from tests.conftest import random_images
+
+GOLDEN = Path(__file__).parent / "golden"
+TEACHER_SHA = "ab" * 32
+
+
+def _attack(per_class_pct, n_per_class=100):
+    """Metrics of an evaluation whose class c is right on per_class_pct[c] % of n_per_class images."""
+    y, pred = [], []
+    k = len(per_class_pct)
+    for c, pct in enumerate(per_class_pct):
+        right = int(round(pct * n_per_class / 100))
+        y += [c] * n_per_class
+        pred += [c] * right + [(c + 1) % k] * (n_per_class - right)
+    return summarize(np.array(y), np.array(pred), k)
+
+
+def _result(method, seed=0, student="resnet8", clean=None, pgd=None, overrides=None, config=None, history=None):
+    clean = clean or [60] * 10
+    pgd = pgd or [20] * 10
+    cfg = {"rslad": True, "reweight": True, "fae": True, "utae": True, "gamma": 0.5, **(config or {})}
+    return {
+        "kind": "run", "method": method, "variant": "paper", "preset": "quick", "dataset": "cifar10", "seed": seed,
+        "teacher": {"spec": "cpu-teacher", "checkpoint_sha256": TEACHER_SHA, "arch": "resnet20"},
+        "student": {"arch": student, "params": 1},
+        "model": {"spec": "student.pt", "arch": student, "num_classes": 10},
+        "data_source": {"kind": "npz", "path": "/data/test.npz", "split": "test", "n": 1000, "sha256": "00"},
+        "attacks": {"clean": _attack(clean), "pgd20": _attack(pgd)},
+        "settings": {}, "config": cfg, "overrides": overrides or {}, "history": history or [],
+        "provenance": {"created": f"2026-01-0{seed + 1}T00:00:00"},
+    }
+
+
+@pytest.fixture
+def results(tmp_path):
+    """Fixed results: ZSKT, CMI and two FERD seeds for resnet8; a teacher evaluation."""
+    folder = tmp_path / "results"
+    write_result(_result("zskt", clean=[50] * 10, pgd=[10] * 9 + [0]), folder / "zskt" / "result.json")
+    write_result(_result("cmi", clean=[55] * 10, pgd=[12] * 9 + [4]), folder / "cmi" / "result.json")
+    for seed, base in ((0, 40), (1, 44)):
+        hist = [{"epoch": e, "student/loss": 1.0 / e, "gen/p": [0.1] * 10} for e in (1, 2)]
+        write_result(_result("ferd", seed=seed, clean=[60] * 10, pgd=[base] * 9 + [base - 30], history=hist),
+                     folder / f"ferd{seed}" / "result.json")
+    teacher = _result("teacher", clean=[70] * 10, pgd=[45] * 10)
+    teacher.update(kind="eval", model={"spec": "t.pt", "arch": "resnet20", "num_classes": 10,
+                                       "checkpoint_sha256": TEACHER_SHA})
+    write_result(teacher, folder / "teacher.json")
+    return folder
+
+
+def test_table1_matches_the_golden_file(results):
+    text = render(build_tables("1", results, attacks=["clean", "pgd20"]))
+    golden = GOLDEN / "table1.md"
+    if os.environ.get("DFRD_UPDATE_GOLDEN"):
+        golden.write_text(text)
+    assert text == golden.read_text()
+
+
+def test_best_is_bold_and_second_underlined(results):
+    (table,) = build_tables("1", results, attacks=["pgd20"])
+    rows = {r.label: r for r in table.blocks[0][1]}
+    col = ("pgd20", "avg")
+    assert rows["FERD"].marks[col] == "best"          # mean 39.0
+    assert rows["CMI"].marks[col] == "second"         # 11.2
+    assert col not in rows["ZSKT"].marks              # 9.0
+    nsd = ("pgd20", "nsd")                            # lower is better
+    assert rows["CMI"].marks[nsd] == "best"
+    latex = render([table], "latex")
+    assert r"\textbf{39.00" in latex and r"\underline{11.20}" in latex
+
+
+def test_missing_cells_are_dashed_and_counted(results):
+    (table,) = build_tables("1", results, attacks=["clean", "pgd20"])
+    text = render([table])
+    deepinv = next(line for line in text.splitlines() if "| DeepInv |" in line)
+    assert deepinv.count("–") == 6
+    # DeepInv, Fast and DFHL have no result: 3 rows x 6 columns
+    assert "–: 18 cells without a result" in text
+
+
+def test_seeds_are_averaged_with_std_and_count(results):
+    (table,) = build_tables("1", results, attacks=["pgd20"])
+    ferd = next(r for r in table.blocks[0][1] if r.label == "FERD")
+    cell = ferd.cells[("pgd20", "avg")]
+    assert ferd.seeds == 2 and cell.n == 2
+    assert cell.mean == pytest.approx(39.0) and cell.std == pytest.approx(np.std([37.0, 41.0], ddof=1))
+    assert "39.00 ± 2.83" in render([table])
+
+
+def test_paper_column_shows_published_value_and_difference(results):
+    published = load_published()
+    pub = published["tables"]["1"]["rows"]["resnet18/ferd"]["pgd20"]["avg"]
+    (table,) = build_tables("1", results, attacks=["pgd20"], paper=True)
+    text = render([table])
+    assert f"[{pub:.2f}; {39.0 - pub:+.2f}]" in text
+
+
+def test_published_file_has_every_paper_table():
+    tables = load_published()["tables"]
+    assert sorted(tables) == [str(i) for i in range(1, 10)]
+    assert len(tables["1"]["rows"]) == 12 and len(tables["8"]["rows"]) == 16
+
+
+def test_bootstrap_worst_class_known_case():
+    # one class clearly worst (50 % of 1,000) -> the interval is that class's binomial interval, ~ +-3.1
+    ci = bootstrap_worst([([50.0] + [90.0] * 9, [1000] * 10)], draws=4000, seed=1)
+    half = 1.96 * np.sqrt(0.25 / 1000) * 100
+    assert ci["estimate"] == 50.0
+    assert ci["low"] == pytest.approx(50 - half, abs=0.4) and ci["high"] == pytest.approx(50 + half, abs=0.4)
+    # ten times fewer images per class -> an interval ~sqrt(10) wider
+    wide = bootstrap_worst([([50.0] + [90.0] * 9, [100] * 10)], draws=4000, seed=1)
+    assert (wide["high"] - wide["low"]) / (ci["high"] - ci["low"]) == pytest.approx(np.sqrt(10), rel=0.2)
+    # a class at 0 % can only be 0 in every draw
+    zero = bootstrap_worst([([0.0] + [90.0] * 9, [100] * 10)])
+    assert zero["low"] == zero["high"] == 0.0
+
+
+def test_table_ci_flag_adds_intervals(results):
+    (table,) = build_tables("1", results, attacks=["pgd20"], ci=True)
+    zskt = next(r for r in table.blocks[0][1] if r.label == "ZSKT")
+    assert zskt.ci[("pgd20", "worst")] == (0.0, 0.0)
+    assert "[0.0, 0.0]" in render([table])
+
+
+def test_teacher_table_reads_the_teacher_evaluation(results):
+    (table,) = build_tables("4", results, attacks=["clean", "pgd20"])
+    (row,) = table.blocks[0][1]
+    assert row.cells[("clean", "avg")].mean == pytest.approx(70.0) and row.cells[("pgd20", "avg")].mean == pytest.approx(45.0)
+
+
+def test_table_cli_formats_and_errors(results):
+    runner = CliRunner()
+    res = runner.invoke(main, ["table", "--table", "1,5", "--results", str(results), "--format", "latex"])
+    assert res.exit_code == 0, res.output
+    assert r"\begin{tabular}" in res.output and "No runs under" in res.output  # Table 5 needs Tiny-ImageNet runs
+    bad = runner.invoke(main, ["table", "--table", "12", "--results", str(results)])
+    assert bad.exit_code != 0 and "unknown table '12'" in bad.output
+    readme = results / "README.md"
+    readme.write_text("intro\n<!-- tables:start -->\nold\n<!-- tables:end -->\nend\n")
+    assert runner.invoke(main, ["table", "--table", "1", "--results", str(results), "--into", str(readme)]).exit_code == 0
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("end\n") and "old" not in text and "| FERD |" in text
+
+
+@pytest.mark.parametrize("figure", FIGURES)
+def test_each_figure_is_written_from_fixed_results(results, tmp_path, figure):
+    from PIL import Image
+
+    folder = results / "ferd0"
+    Image.fromarray(random_images(1, size=64)[0]).save(folder / "samples.png")
+    written = plot([figure], results, tmp_path / "figs")
+    assert {p.suffix for p in written} == {".png", ".pdf"}
+    assert all(p.stat().st_size > 1000 for p in written)
+
+
+def test_unknown_figure_fails(results, tmp_path):
+    with pytest.raises(ValueError, match="unknown figure"):
+        plot(["3"], results, tmp_path)
+
+
+@pytest.fixture
+def test_npz(tmp_path):
+    path = tmp_path / "test.npz"
+    np.savez(path, x=random_images(40, seed=3), y=np.arange(40) % 10)
+    return str(path)
+
+
+def test_two_run_smoke_sweep_skips_the_finished_run(tmp_path, test_npz):
+    spec = spec_from({"methods": "ferd", "datasets": "cifar10", "seeds": "0,1", "preset": "smoke",
+                      "out": str(tmp_path / "runs"), "source": test_npz, "set": {"teacher": "random:resnet8"}})
+    first = plan(spec)
+    assert [p.status for p in first] == ["new", "new"]
+    ran, skipped, failures = run_sweep(first[:1], log=lambda s: None)          # seed 0 finishes
+    assert (ran, skipped, failures) == (1, 0, [])
+    second = plan(spec)
+    assert [p.status for p in second] == ["done", "new"]
+    mtime = (second[0].run_dir / "result.json").stat().st_mtime
+    logs = []
+    ran, skipped, failures = run_sweep(second, log=logs.append)
+    assert (ran, skipped, failures) == (1, 1, [])
+    assert (second[0].run_dir / "result.json").stat().st_mtime == mtime       # untouched
+    assert any(line.startswith("skip (finished)") for line in logs)
+    assert json.loads((second[1].run_dir / "result.json").read_text())["seed"] == 1
+    assert all(p.status == "done" for p in plan(spec))
+
+
+def test_sweep_resumes_an_interrupted_run_and_prints_cluster_lines(tmp_path, test_npz):
+    spec = spec_from({"methods": "ferd", "datasets": "cifar10", "preset": "smoke", "out": str(tmp_path / "runs"),
+                      "grid": {"gamma": [0.1, 0.9]}, "set": {"teacher": "random:resnet8"}})
+    planned = plan(spec)
+    assert len(planned) == 2 and planned[0].run_dir != planned[1].run_dir
+    (planned[0].run_dir).mkdir(parents=True)
+    (planned[0].run_dir / "state.pt").write_bytes(b"")
+    assert [p.status for p in plan(spec)] == ["resume", "new"]
+    local = emit(plan(spec), "local").splitlines()
+    assert len(local) == 2 and "--set gamma=0.1" in local[0] and "--resume" in local[0]
+    slurm = emit(plan(spec), "slurm")
+    assert "#SBATCH" in slurm and "--array=0-1" in slurm
+    gpus = emit(plan(spec), "gpus:2")
+    assert "CUDA_VISIBLE_DEVICES=0" in gpus and "CUDA_VISIBLE_DEVICES=1" in gpus
+    assert "torchrun" in emit(plan(spec), "torchrun")
+
+
+def test_sweep_cli_matches_run_folder_names_and_rejects_bad_keys(tmp_path):
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text("methods: [ferd]\ndatasets: [cifar10]\nstudents: [resnet8]\nbogus: 1\n")
+    res = CliRunner().invoke(main, ["sweep", str(sweep_file), "--dry-run"])
+    assert res.exit_code != 0 and "unknown sweep keys bogus" in res.output
+    sweep_file.write_text("methods: [ferd, zskt]\ndatasets: [cifar10]\nstudents: [resnet8]\nseeds: [0, 1]\n")
+    res = CliRunner().invoke(main, ["sweep", str(sweep_file), "--dry-run", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    assert "sweep: 4 runs (0 finished, 0 to resume, 4 new)" in res.output
+    assert "cifar10-zskt-resnet8-quick-s1" in res.output
