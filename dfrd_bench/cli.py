@@ -305,7 +305,8 @@ def sweep_cmd(sweep_file, methods, datasets, students, seeds, grids, sets, prese
               help="paper table number 1-9, a comma list, or all")
 @click.option("--attacks", default="all", show_default=True, help="all, or a comma list of clean,fgsm,pgd20,cw,aa")
 @click.option("--format", "fmt", type=click.Choice(["markdown", "latex"]), default="markdown", show_default=True)
-@click.option("--results", default="results", show_default=True, help="folder searched for result JSONs")
+@click.option("--results", multiple=True, default=["results"], show_default=True,
+              help="folder searched for result JSONs (repeatable)")
 @click.option("--paper", is_flag=True, help="put the paper's published number and the difference beside ours")
 @click.option("--ci", is_flag=True, help="add a 95%% bootstrap interval to every worst-class cell")
 @click.option("--out", default=None, help="write to this file instead of printing")
@@ -318,8 +319,9 @@ def table_cmd(which, attacks, fmt, results, paper, ci, out, into) -> None:
     from .report.tables import TABLE_NUMBERS, build_tables, render
     from .utils import atomic_write_bytes, replace_between_markers
 
-    if not Path(results).is_dir():
-        raise click.ClickException(f"--results {results} is not a folder")
+    for folder in results:
+        if not Path(folder).is_dir():
+            raise click.ClickException(f"--results {folder} is not a folder")
     numbers = list(TABLE_NUMBERS) if which == "all" else [t.strip() for t in which.split(",") if t.strip()]
     for n in numbers:
         if n not in TABLE_NUMBERS:
@@ -333,7 +335,7 @@ def table_cmd(which, attacks, fmt, results, paper, ci, out, into) -> None:
         else:
             empty.append(n)
     if empty:
-        note = (f"No runs under {results} for table{'s' if len(empty) > 1 else ''} {', '.join(empty)} "
+        note = (f"No runs under {', '.join(results)} for table{'s' if len(empty) > 1 else ''} {', '.join(empty)} "
                 f"(pass --paper to show the published numbers alone).")
         parts.append(note if fmt == "markdown" else f"% {note}")
     text = "\n".join(parts)
@@ -350,7 +352,8 @@ def table_cmd(which, attacks, fmt, results, paper, ci, out, into) -> None:
 # ---------------------------------------------------------------------------------------------- plot
 @main.command("plot")
 @click.option("--figure", "which", default="all", show_default=True, help="1, 2, 4, 5, 6, 8, 9, a comma list, or all")
-@click.option("--results", default="results", show_default=True, help="folder searched for result JSONs")
+@click.option("--results", multiple=True, default=["results"], show_default=True,
+              help="folder searched for result JSONs (repeatable)")
 @click.option("--out", default="results/figures", show_default=True, help="folder for the PNG and PDF files")
 @click.option("--method", default="ferd", show_default=True, help="whose confusion matrices Fig. 2 shows")
 @friendly

@@ -46,3 +46,11 @@ class TinyLinear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.flatten(1) @ self.w.t()
+
+
+@pytest.fixture
+def test_npz(tmp_path) -> str:
+    """A 40-image random CIFAR-10-shaped test split (4 per class) as .npz: the evaluation data of smoke runs."""
+    path = tmp_path / "test.npz"
+    np.savez(path, x=random_images(40, seed=3), y=np.arange(40) % 10)
+    return str(path)

@@ -191,13 +191,6 @@ def test_paper_preset_has_the_papers_settings():
 
 
 # -- end to end ---------------------------------------------------------------------------------------
-@pytest.fixture
-def test_npz(tmp_path):
-    path = tmp_path / "test.npz"
-    np.savez(path, x=random_images(40, seed=3), y=np.arange(40) % 10)
-    return str(path)
-
-
 def test_smoke_run_and_exact_resume(tmp_path, test_npz, monkeypatch):
     def req(name, resume=False):
         return RunRequest(method="cmi", dataset="cifar10", preset="smoke", seed=0, source=test_npz,

@@ -183,13 +183,6 @@ def test_presets_carry_the_papers_settings():
     assert resolve_config(DFHL, "cifar10", "quick").student_weight_decay == 5e-4  # runner default outside `paper`
 
 
-@pytest.fixture
-def test_npz(tmp_path):
-    path = tmp_path / "test.npz"
-    np.savez(path, x=random_images(40, seed=3), y=np.arange(40) % 10)
-    return str(path)
-
-
 def test_smoke_run(tmp_path, test_npz):
     req = RunRequest(method="dfhl", dataset="cifar10", preset="smoke", seed=0, source=test_npz,
                      out=str(tmp_path / "runs"), overrides={"teacher": "random:resnet8"})

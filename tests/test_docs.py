@@ -17,3 +17,27 @@ def test_every_registered_method_has_a_page():
     for name in load_plugins():
         if not name.startswith("toy"):
             assert (DOCS / "methods" / f"{name}.md").exists(), f"docs/methods/{name}.md is missing"
+
+
+def _documented_commands():
+    import re
+
+    for page in (DOCS.parent / "README.md", DOCS / "reporting.md", DOCS / "running.md"):
+        for line in page.read_text().splitlines():
+            line = line.strip().rstrip("\\").strip()
+            if line.startswith("dfrd-bench ") and not line.startswith("dfrd-bench run --method NAME"):
+                yield page.name, line, re.findall(r"(?<![\w-])--[a-z][a-z-]*", line)
+
+
+def test_every_documented_command_and_option_exists():
+    from dfrd_bench.cli import main
+
+    for page, line, options in _documented_commands():
+        words = line.split()
+        cmd = main.commands.get(words[1])
+        assert cmd is not None, f"{page}: unknown command in `{line}`"
+        if hasattr(cmd, "commands"):  # a group: teacher train / bundle
+            cmd = cmd.commands[words[2]]
+        known = {o for p in cmd.params for o in getattr(p, "opts", [])}
+        for opt in options:
+            assert opt in known, f"{page}: `{line}` uses {opt}, which `{words[1]}` does not have"

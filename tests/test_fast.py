@@ -184,13 +184,6 @@ def test_paper_preset_and_variants():
 
 
 # -- end to end ---------------------------------------------------------------------------------------
-@pytest.fixture
-def test_npz(tmp_path):
-    path = tmp_path / "test.npz"
-    np.savez(path, x=random_images(40, seed=3), y=np.arange(40) % 10)
-    return str(path)
-
-
 def req(tmp_path, test_npz, name, resume=False, **overrides):
     return RunRequest(method="fast", dataset="cifar10", preset="smoke", seed=0, source=test_npz,
                       out=str(tmp_path / "runs"), run_name=name, resume=resume,

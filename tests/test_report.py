@@ -173,13 +173,6 @@ def test_unknown_figure_fails(results, tmp_path):
         plot(["3"], results, tmp_path)
 
 
-@pytest.fixture
-def test_npz(tmp_path):
-    path = tmp_path / "test.npz"
-    np.savez(path, x=random_images(40, seed=3), y=np.arange(40) % 10)
-    return str(path)
-
-
 def test_two_run_smoke_sweep_skips_the_finished_run(tmp_path, test_npz):
     spec = spec_from({"methods": "ferd", "datasets": "cifar10", "seeds": "0,1", "preset": "smoke",
                       "out": str(tmp_path / "runs"), "source": test_npz, "set": {"teacher": "random:resnet8"}})

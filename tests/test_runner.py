@@ -17,13 +17,6 @@ from dfrd_bench.store import read_result
 from tests.conftest import random_images
 
 
-@pytest.fixture
-def test_npz(tmp_path):
-    path = tmp_path / "test.npz"
-    np.savez(path, x=random_images(40, seed=3), y=np.arange(40) % 10)
-    return str(path)
-
-
 def _req(tmp_path, test_npz, **kw):
     base = dict(method="ferd", dataset="cifar10", preset="smoke", seed=0, source=test_npz, out=str(tmp_path / "runs"),
                 overrides={"teacher": "random:resnet8"})

@@ -93,11 +93,19 @@ class Cell:
         return cls(mean, std, len(vals), vals)
 
 
-def load_runs(folder: Union[str, Path]) -> List[Run]:
-    """Every distillation result under `folder`; for a (setup, student, method, settings, seed)
+Folders = Union[str, Path, Sequence[Union[str, Path]]]
+
+
+def _iter(folders: Folders) -> Iterable[Dict[str, Any]]:
+    for folder in ([folders] if isinstance(folders, (str, Path)) else folders):
+        yield from iter_results(folder)
+
+
+def load_runs(folders: Folders) -> List[Run]:
+    """Every distillation result under `folders`; for a (setup, student, method, settings, seed)
     written twice, the newer result wins (re-runs replace, they do not double-count)."""
     latest: Dict[Tuple, Run] = {}
-    for r in iter_results(folder):
+    for r in _iter(folders):
         if r.get("kind") != "run":
             continue
         run = Run(r)
@@ -113,9 +121,9 @@ def _created(result: Dict[str, Any]) -> str:
     return str(result.get("provenance", {}).get("created", ""))
 
 
-def load_model_evals(folder: Union[str, Path]) -> List[Dict[str, Any]]:
+def load_model_evals(folders: Folders) -> List[Dict[str, Any]]:
     """Evaluations of single models (kinds 'eval' and 'teacher'), e.g. of the teachers."""
-    return [r for r in iter_results(folder) if r.get("kind") in ("eval", "teacher")]
+    return [r for r in _iter(folders) if r.get("kind") in ("eval", "teacher")]
 
 
 def teacher_attacks(evals: Iterable[Dict[str, Any]], sha256: Optional[str], dataset: str) -> Dict[str, Dict[str, Any]]:

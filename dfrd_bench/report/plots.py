@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from .collect import Run, Setup, group_by_setup, load_model_evals, load_runs, matches, teacher_attacks
+from .collect import Folders, Run, Setup, group_by_setup, load_model_evals, load_runs, matches, teacher_attacks
 from .tables import ATTACK_LABELS, BASELINES, METHOD_LABELS
 
 FIGURES = ("1", "2", "4", "5", "6", "8", "9")
@@ -236,7 +236,7 @@ def fig8(runs: List[Run], evals, setup, out: Path, name: str, **_) -> List[Path]
 PLOTTERS: Dict[str, Callable[..., List[Path]]] = {"1": fig1, "2": fig2, "4": fig4, "5": fig5, "6": fig6, "8": fig8, "9": fig9}
 
 
-def plot(figures: Sequence[str], results: Union[str, Path], out: Union[str, Path], method: str = "ferd",
+def plot(figures: Sequence[str], results: Folders, out: Union[str, Path], method: str = "ferd",
          log: Callable[[str], None] = print) -> List[Path]:
     """Write the asked figures for every setup and student found under `results`; returns the files."""
     for f in figures:

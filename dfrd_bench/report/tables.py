@@ -16,7 +16,7 @@ from ..attacks import ATTACK_ORDER
 from ..data.specs import get_dataset_spec
 from ..metrics import bootstrap_worst
 from ..registry import Registry
-from .collect import (HIGHER_IS_BETTER, Cell, Run, Setup, describe_sources, group_by_setup, load_model_evals,
+from .collect import (Folders, HIGHER_IS_BETTER, Cell, Run, Setup, describe_sources, group_by_setup, load_model_evals,
                       load_runs, matches, teacher_attacks)
 
 PUBLISHED_PATH = Path(__file__).with_name("published_ferd.json")
@@ -155,7 +155,7 @@ def _columns(spec: TableSpec, dataset: str, attacks: Sequence[str]) -> List[Tupl
     return [(a, m) for a in spec.attacks if a in attacks for m in metrics]
 
 
-def build_tables(number: str, results: Union[str, Path], attacks: Sequence[str] = _ALL, paper: bool = False,
+def build_tables(number: str, results: Folders, attacks: Sequence[str] = _ALL, paper: bool = False,
                  ci: bool = False, published: Optional[Dict[str, Any]] = None) -> List[BuiltTable]:
     """The tables for paper table `number` from the results under `results` (one per setup found)."""
     if number == "4":
@@ -179,7 +179,8 @@ def build_tables(number: str, results: Union[str, Path], attacks: Sequence[str] 
 def _build(spec: TableSpec, setup: Setup, runs: List[Run], rows_spec: Sequence[RowSpec], attacks: Sequence[str],
            published: Optional[Dict[str, Any]], ci: bool) -> BuiltTable:
     columns = _columns(spec, setup.dataset, attacks)
-    students = sorted({r.student for r in runs}) if spec.per_student else [""]
+    # the paper's order: ResNet students first, then MobileNets
+    students = sorted({r.student for r in runs}, key=lambda a: (student_family(a) != "resnet18", a)) if spec.per_student else [""]
     if spec.per_student and not students:
         students = ["resnet18", "mobilenetv2"] if spec.published_by_student else ["-"]
     pub_rows = (published or {}).get("tables", {}).get(spec.number, {}).get("rows", {})
