@@ -149,7 +149,7 @@ def fig4(runs: List[Run], evals, setup, out: Path, name: str, attack: str = "pgd
     without = sorted([r for r in runs if matches(r, "ferd", {"reweight": False})], key=lambda r: r.seed)
     if with_rw is None:
         raise PlotError("fig4 needs a FERD run")
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.0))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
     width = 0.4
     pc = np.array(with_rw.result["attacks"][attack]["per_class"], dtype=float)
     x = np.arange(len(pc))
@@ -157,7 +157,10 @@ def fig4(runs: List[Run], evals, setup, out: Path, name: str, attack: str = "pgd
         pc0 = np.array(without[0].result["attacks"][attack]["per_class"], dtype=float)
         axes[0].bar(x - width / 2, pc0, width, label="equal weights (reweight=false)", color="tab:gray")
     axes[0].bar(x + width / 2 if without else x, pc, width, label="robustness-guided reweighting", color="tab:orange")
-    axes[0].set_title(f"FERD student per class, {ATTACK_LABELS[attack]}" + ("" if without else " (no reweight=false run)"))
+    axes[0].set_title(f"FERD student per class ({ATTACK_LABELS[attack]})", fontsize=9)
+    axes[0].set_ylim(bottom=0, top=max(5.0, float(np.nanmax(pc)) * 1.15 if np.isfinite(pc).any() else 5.0))
+    if not without:
+        axes[0].text(0.02, 0.9, "no reweight=false run to compare", transform=axes[0].transAxes, fontsize=7)
     _class_axis(axes[0], setup.dataset)
     axes[0].set_ylabel("accuracy (%)")
     axes[0].legend(fontsize=7)
@@ -166,7 +169,7 @@ def fig4(runs: List[Run], evals, setup, out: Path, name: str, attack: str = "pgd
         axes[1].bar(np.arange(len(weights[-1])), weights[-1], color="tab:orange")
         axes[1].axhline(1.0 / len(weights[-1]), color="k", lw=0.8, ls="--", label="uniform")
         axes[1].legend(fontsize=7)
-    axes[1].set_title("sampling weights p_c after the last epoch")
+    axes[1].set_title("sampling weights p_c (last epoch)", fontsize=9)
     _class_axis(axes[1], setup.dataset)
     return _save(fig, out, name)
 
