@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import time
 import zlib
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -92,11 +92,13 @@ def evaluate(
     device: Optional[str] = None,
     batch_size: int = 256,
     attack_limits: Optional[Dict[str, int]] = None,
+    log: Optional[Callable[[str], None]] = None,
 ) -> Dict[str, Any]:
     """Evaluate `model` on `data` under each attack; returns {'attacks': {name: metrics}, 'settings': ...}.
 
     attack_limits maps an attack name to a stratified subset size (e.g. {'aa': 2000}) for attacks
     too slow for the whole split; the subset is drawn with the evaluation seed and recorded.
+    `log`, when given, gets one line per finished attack (long evaluations in background logs).
     """
     settings = settings or AttackSettings()
     dev = pick_device(device)
@@ -141,6 +143,10 @@ def evaluate(
             if subset is not None:
                 entry["subset"] = subset.source.get("subset")
             results[name] = entry
+            if log is not None:
+                attacked = "" if name == "clean" else f"{entry['attacked']} attacked, "
+                log(f"eval {name}: avg {entry['avg']:.2f} %, worst {entry['worst']:.2f} % on {entry['n']} images "
+                    f"({attacked}{entry['seconds']:.0f} s)")
     return {"attacks": results, "settings": settings.resolved()}
 
 

@@ -242,7 +242,7 @@ def run(req: RunRequest, log: Callable[[str], None] = print,
     data = test.subset(cfg.eval_limit, seed=req.seed)
     limits = {"aa": cfg.aa_limit} if cfg.aa_limit and cfg.aa_limit < len(data) else {}
     evaluated = evaluate(student, data, attacks.split(","), settings, device=str(device),
-                         batch_size=cfg.eval_batch_size, attack_limits=limits)
+                         batch_size=cfg.eval_batch_size, attack_limits=limits, log=log)
     result = {
         "kind": "run",
         "method": req.method,
