@@ -150,6 +150,8 @@ def test_table_cli_formats_and_errors(results):
     assert r"\begin{tabular}" in res.output and "No runs under" in res.output  # Table 5 needs Tiny-ImageNet runs
     bad = runner.invoke(main, ["table", "--table", "12", "--results", str(results)])
     assert bad.exit_code != 0 and "unknown table '12'" in bad.output
+    runs = runner.invoke(main, ["table", "--table", "runs", "--results", str(results)])
+    assert runs.exit_code == 0 and runs.output.count("| cifar10/cpu-teacher/quick |") == 4
     readme = results / "README.md"
     readme.write_text("intro\n<!-- tables:start -->\nold\n<!-- tables:end -->\nend\n")
     assert runner.invoke(main, ["table", "--table", "1", "--results", str(results), "--into", str(readme)]).exit_code == 0

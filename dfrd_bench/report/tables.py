@@ -402,6 +402,33 @@ def render_latex(table: BuiltTable) -> str:
     return "\n".join(out) + "\n"
 
 
+def run_list(results: Folders, fmt: str = "markdown") -> str:
+    """Not a paper table: every run with its seed, wall-clock times and evaluation sizes (what a run costs)."""
+    runs = sorted(load_runs(results), key=lambda r: (r.setup.dataset, r.setup.teacher, r.setup.preset,
+                                                      student_family(r.student) != "resnet18", r.student,
+                                                      BASELINES.index(r.method) if r.method in BASELINES else 99, r.seed))
+    head = ["setup", "student", "method", "settings", "seed", "train s", "eval s", "images (AA)", "threads", "device"]
+    rows = []
+    for r in runs:
+        wall = r.result.get("wall_seconds", {})
+        attacks = r.result.get("attacks", {})
+        main_n = max((e.get("n", 0) for a, e in attacks.items() if a != "aa"), default=0)
+        aa = f" ({attacks['aa']['n']})" if "aa" in attacks else ""
+        prov = r.result.get("provenance", {})
+        sets = ", ".join(f"{k}={v}" for k, v in sorted(r.method_overrides.items())) or "default"
+        rows.append([f"{r.setup.dataset}/{r.setup.teacher}/{r.setup.preset}", r.student, METHOD_LABELS.get(r.method, r.method),
+                     sets, str(r.seed), f"{wall.get('train', 0):.0f}", f"{wall.get('eval', 0):.0f}", f"{main_n}{aa}",
+                     str(prov.get("torch_threads", "?")), str(prov.get("device", "?"))])
+    if fmt == "latex":
+        lines = [r"\begin{tabular}{" + "l" * len(head) + "}", r"\toprule", " & ".join(head) + r" \\", r"\midrule"]
+        lines += [" & ".join(_tex(c) for c in row) + r" \\" for row in rows]
+        return "\n".join(lines + [r"\bottomrule", r"\end{tabular}"]) + "\n"
+    lines = ["**Runs.** Every run in the results folder with its cost.", "",
+             "| " + " | ".join(head) + " |", "|" + "|".join(["--"] * len(head)) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
 def render(tables: Sequence[BuiltTable], fmt: str = "markdown") -> str:
     if fmt not in ("markdown", "latex"):
         raise TableError(f"unknown format {fmt!r}: use markdown or latex")

@@ -10,7 +10,7 @@ export DFRD_DATA=${DFRD_DATA:-../shared/assets} OMP_NUM_THREADS=${OMP_NUM_THREAD
 dfrd-bench sweep results/benchmark/sweep.yaml --seed 0,1
 
 # 2. tables (results/README.md) and figures, from the result JSONs and the teacher's evaluation
-dfrd-bench table --table 1,4 --attacks all --ci --results results/benchmark --results results/teachers \
+dfrd-bench table --table 1,4,runs --attacks all --ci --results results/benchmark --results results/teachers \
   --into results/README.md
 dfrd-bench table --table 1 --attacks all --paper --results results/benchmark --results results/teachers \
   --out results/benchmark/table1-vs-paper.md
