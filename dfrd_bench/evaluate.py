@@ -15,9 +15,8 @@ from __future__ import annotations
 import contextlib
 import time
 import zlib
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
-import numpy as np
 import torch
 
 from .attacks import ATTACK_ORDER, ATTACKS, AttackSettings

@@ -71,9 +71,6 @@ class Setup:
     teacher_sha256: Optional[str]
     preset: str
 
-    def label(self) -> str:
-        return f"{self.dataset}, teacher {self.teacher}, preset {self.preset}"
-
 
 @dataclass
 class Cell:
@@ -175,6 +172,5 @@ def describe_sources(runs: Sequence[Run]) -> List[str]:
         line = f"{src.get('split', 'test')} split of {Path(str(src.get('path', '?'))).name} ({src.get('kind', '?')}), {main} images"
         if small:
             line += f"; {small} (class-stratified subset)"
-        seen_line = line
-        lines.append(seen_line)
+        lines.append(line)
     return lines
