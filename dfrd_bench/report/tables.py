@@ -235,7 +235,7 @@ def _mark(rows: List[BuiltRow], columns) -> None:
     for c in columns:
         shown = sorted({float(_display(c[1], r.cells[c].mean)) for r in rows if r.cells[c].mean is not None},
                        reverse=HIGHER_IS_BETTER[c[1]])
-        if len(shown) < 2 and sum(r.cells[c].mean is not None for r in rows) < 2:
+        if len(shown) < 2:  # one value, or all tied: nothing to single out
             continue
         for r in rows:
             if r.cells[c].mean is None:
@@ -402,12 +402,18 @@ def render_latex(table: BuiltTable) -> str:
     return "\n".join(out) + "\n"
 
 
+def _avg_text(run: Run, attack: str) -> str:
+    v = run.metric(attack, "avg")
+    return "–" if v is None else f"{v:.2f}"
+
+
 def run_list(results: Folders, fmt: str = "markdown") -> str:
     """Not a paper table: every run with its seed, wall-clock times and evaluation sizes (what a run costs)."""
     runs = sorted(load_runs(results), key=lambda r: (r.setup.dataset, r.setup.teacher, r.setup.preset,
                                                       student_family(r.student) != "resnet18", r.student,
                                                       BASELINES.index(r.method) if r.method in BASELINES else 99, r.seed))
-    head = ["setup", "student", "method", "settings", "seed", "train s", "eval s", "images (AA)", "threads", "device"]
+    head = ["setup", "student", "method", "settings", "seed", "clean", "PGD-20", "AA", "train s", "eval s",
+            "images (AA)", "threads", "device"]
     rows = []
     for r in runs:
         wall = r.result.get("wall_seconds", {})
@@ -417,7 +423,7 @@ def run_list(results: Folders, fmt: str = "markdown") -> str:
         prov = r.result.get("provenance", {})
         sets = ", ".join(f"{k}={v}" for k, v in sorted(r.method_overrides.items())) or "default"
         rows.append([f"{r.setup.dataset}/{r.setup.teacher}/{r.setup.preset}", r.student, METHOD_LABELS.get(r.method, r.method),
-                     sets, str(r.seed), f"{wall.get('train', 0):.0f}", f"{wall.get('eval', 0):.0f}", f"{main_n}{aa}",
+                     sets, str(r.seed), *(_avg_text(r, a) for a in ("clean", "pgd20", "aa")), f"{wall.get('train', 0):.0f}", f"{wall.get('eval', 0):.0f}", f"{main_n}{aa}",
                      str(prov.get("torch_threads", "?")), str(prov.get("device", "?"))])
     if fmt == "latex":
         lines = [r"\begin{tabular}{" + "l" * len(head) + "}", r"\toprule", " & ".join(head) + r" \\", r"\midrule"]
