@@ -54,3 +54,29 @@ def test_npz(tmp_path) -> str:
     path = tmp_path / "test.npz"
     np.savez(path, x=random_images(40, seed=3), y=np.arange(40) % 10)
     return str(path)
+
+
+def interrupt_then_resume(method_cls, make_request, fail_when):
+    """Run make_request("split") until `fail_when(ctx)` makes the student loss raise KeyboardInterrupt
+    (as Ctrl-C would), then resume it; returns the resumed result."""
+    from dfrd_bench.runner import run
+
+    original = method_cls.student_loss
+
+    def flaky(self, ctx, batch):
+        if fail_when(ctx):
+            raise KeyboardInterrupt
+        return original(self, ctx, batch)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(method_cls, "student_loss", flaky)
+        with pytest.raises(KeyboardInterrupt):
+            run(make_request("split"), log=lambda s: None)
+    return run(make_request("split", resume=True), log=lambda s: None)
+
+
+def same_students(runs: Path, a: str = "full", b: str = "split") -> bool:
+    """True when the two runs' final students are bit-identical."""
+    sa = torch.load(runs / a / "student.pt", weights_only=True)["state_dict"]
+    sb = torch.load(runs / b / "student.pt", weights_only=True)["state_dict"]
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -1,7 +1,6 @@
 """CMI's components on tiny tensors, the RSLAD switch, and a smoke run with exact resume."""
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,7 +14,7 @@ from dfrd_bench.pool import SamplePool
 from dfrd_bench.runner import RunRequest, run
 from dfrd_bench.losses import decision_adversarial_loss
 from methods.cmi import CMI, MemoryBank, MLPHead, contrastive_logits, contrastive_loss, dcgan_init_
-from tests.conftest import random_images
+from tests.conftest import interrupt_then_resume, same_students
 
 unit = lambda f: F.normalize(f, dim=1)  # noqa: E731  (an identity "head" for hand-computed values)
 
@@ -191,7 +190,7 @@ def test_paper_preset_has_the_papers_settings():
 
 
 # -- end to end ---------------------------------------------------------------------------------------
-def test_smoke_run_and_exact_resume(tmp_path, test_npz, monkeypatch):
+def test_smoke_run_and_exact_resume(tmp_path, test_npz):
     def req(name, resume=False):
         return RunRequest(method="cmi", dataset="cifar10", preset="smoke", seed=0, source=test_npz,
                           out=str(tmp_path / "runs"), run_name=name, resume=resume,
@@ -202,22 +201,12 @@ def test_smoke_run_and_exact_resume(tmp_path, test_npz, monkeypatch):
     assert [h["gen/bank"] for h in full["history"]] == [8, 12] and full["history"][-1]["pool"] == 16
     assert "student/kl_adv" in full["history"][0] and full["config"]["bank_size"] == 12
 
-    cls = get_method("cmi")
-    original = cls.student_loss
     calls = {"n": 0}
 
-    def flaky(self, ctx, batch):
+    def in_last_epoch(ctx):  # in the last epoch: the bank and head come from the checkpoint
         calls["n"] += 1
-        if ctx.epoch == 1 and calls["n"] > 1:  # in the last epoch: the bank and head come from the checkpoint
-            raise KeyboardInterrupt
-        return original(self, ctx, batch)
+        return ctx.epoch == 1 and calls["n"] > 1
 
-    monkeypatch.setattr(cls, "student_loss", flaky)
-    with pytest.raises(KeyboardInterrupt):
-        run(req("split"), log=lambda s: None)
-    monkeypatch.setattr(cls, "student_loss", original)
-    resumed = run(req("split", resume=True), log=lambda s: None)
-    a = torch.load(tmp_path / "runs" / "full" / "student.pt", weights_only=True)["state_dict"]
-    b = torch.load(tmp_path / "runs" / "split" / "student.pt", weights_only=True)["state_dict"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    resumed = interrupt_then_resume(get_method("cmi"), req, in_last_epoch)
+    assert same_students(tmp_path / "runs")
     assert [h["gen/cr"] for h in resumed["history"]] == [h["gen/cr"] for h in full["history"]]

@@ -1,7 +1,6 @@
 """DeepInversion's pieces against hand-computed values on tiny tensors, plus one smoke run."""
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,7 +17,7 @@ from dfrd_bench.pool import SamplePool
 from dfrd_bench.runner import RunRequest, run
 from methods.deepinv import (DeepInversion, competition_loss, image_from_latent, inversion_loss, jensen_shannon,
                              jitter_flip, standardize, total_variation_l2)
-from tests.conftest import random_images
+
 
 
 class ScaleThenBN(StagedNet):
@@ -192,10 +191,8 @@ def test_presets():
     assert resolve_config(DeepInversion, "cifar10", "quick").gen_iters == 30
 
 
-def test_deepinv_smoke_run_end_to_end(tmp_path):
-    test_npz = tmp_path / "test.npz"
-    np.savez(test_npz, x=random_images(40, seed=3), y=np.arange(40) % 10)
-    req = RunRequest(method="deepinv", dataset="cifar10", preset="smoke", seed=0, source=str(test_npz),
+def test_deepinv_smoke_run_end_to_end(tmp_path, test_npz):
+    req = RunRequest(method="deepinv", dataset="cifar10", preset="smoke", seed=0, source=test_npz,
                      out=str(tmp_path / "runs"), overrides={"teacher": "random:resnet8"})
     result = run(req, log=lambda s: None)
     assert result["method"] == "deepinv" and set(result["attacks"]) == {"clean", "pgd20"}

@@ -2,7 +2,6 @@
 import copy
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,7 +15,7 @@ from dfrd_bench.pool import SamplePool
 from dfrd_bench.runner import RunRequest, run
 from methods.dfhl import (DFHL, HardLabelOracle, class_balance, dfhl_generator_loss, high_entropy_examples,
                           smooth_one_hot, strong_augment)
-from tests.conftest import TinyLinear, random_images
+from tests.conftest import TinyLinear, same_students
 
 
 def _ctx(teacher=None, **overrides):
@@ -210,7 +209,5 @@ def test_resume_after_an_epoch_gives_the_same_student(tmp_path, test_npz):
     with pytest.raises(KeyboardInterrupt):
         run(req("split"), log=lambda s: None, after_epoch=stop)
     resumed = run(req("split", resume=True), log=lambda s: None)
-    a = torch.load(tmp_path / "runs" / "full" / "student.pt", weights_only=True)["state_dict"]
-    b = torch.load(tmp_path / "runs" / "split" / "student.pt", weights_only=True)["state_dict"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert same_students(tmp_path / "runs")
     assert [h["queries"] for h in resumed["history"]] == [h["queries"] for h in full["history"]]

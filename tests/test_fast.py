@@ -1,7 +1,6 @@
 """Fast's components on tiny models, the RSLAD switch, and smoke runs with exact resume."""
 import copy
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -15,7 +14,7 @@ from dfrd_bench.models import build_model
 from dfrd_bench.pool import SamplePool
 from dfrd_bench.runner import RunRequest, run
 from methods.fast import Fast, MomentumBNLoss, fomaml_accumulate_, reptile_gradient_
-from tests.conftest import random_images
+from tests.conftest import interrupt_then_resume, same_students
 
 
 def tiny_ctx(epoch: int = 5, **overrides) -> MethodContext:
@@ -190,29 +189,16 @@ def req(tmp_path, test_npz, name, resume=False, **overrides):
                       overrides={"teacher": "random:resnet8", "attacks": "clean", **overrides})
 
 
-def test_smoke_run_and_exact_resume(tmp_path, test_npz, monkeypatch):
+def test_smoke_run_and_exact_resume(tmp_path, test_npz):
     full = run(req(tmp_path, test_npz, "full"), log=lambda s: None)
     hist = full["history"]
     assert full["method"] == "fast" and set(full["attacks"]) == {"clean"} and len(hist) == 3
     assert "student/loss" not in hist[0] and "student/kl_adv" in hist[1]  # epoch 1 is the warm-up
     assert [h["gen/reinit"] for h in hist] == [0.0, 1.0, 0.0] and hist[-1]["pool"] == 24
 
-    cls = get_method("fast")
-    original = cls.student_loss
-
-    def flaky(self, ctx, batch):
-        if ctx.epoch == 2:
-            raise KeyboardInterrupt
-        return original(self, ctx, batch)
-
-    monkeypatch.setattr(cls, "student_loss", flaky)
-    with pytest.raises(KeyboardInterrupt):
-        run(req(tmp_path, test_npz, "split"), log=lambda s: None)
-    monkeypatch.setattr(cls, "student_loss", original)
-    resumed = run(req(tmp_path, test_npz, "split", resume=True), log=lambda s: None)
-    a = torch.load(tmp_path / "runs" / "full" / "student.pt", weights_only=True)["state_dict"]
-    b = torch.load(tmp_path / "runs" / "split" / "student.pt", weights_only=True)["state_dict"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    resumed = interrupt_then_resume(get_method("fast"), lambda name, resume=False: req(tmp_path, test_npz, name, resume=resume),
+                                    lambda ctx: ctx.epoch == 2)
+    assert same_students(tmp_path / "runs")
     assert [h["gen/bn"] for h in resumed["history"]] == [h["gen/bn"] for h in hist]
 
 

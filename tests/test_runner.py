@@ -2,9 +2,7 @@
 import json
 import textwrap
 
-import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
 from dfrd_bench.checkpoints import load_model
@@ -14,7 +12,7 @@ from dfrd_bench.method import METHODS, Method, Samples, get_method, load_plugins
 from dfrd_bench.registry import RegistryError
 from dfrd_bench.runner import RunError, RunRequest, run
 from dfrd_bench.store import read_result
-from tests.conftest import random_images
+from tests.conftest import same_students
 
 
 def _req(tmp_path, test_npz, **kw):
@@ -61,9 +59,7 @@ def test_interrupted_run_resumes_to_the_same_student(tmp_path, test_npz, monkeyp
         run(_req(tmp_path, test_npz, run_name="split", **kw), log=lambda s: None)
     resumed = run(_req(tmp_path, test_npz, run_name="split", resume=True, **kw), log=lambda s: None)
 
-    a = torch.load(tmp_path / "runs" / "full" / "student.pt", weights_only=True)["state_dict"]
-    b = torch.load(tmp_path / "runs" / "split" / "student.pt", weights_only=True)["state_dict"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert same_students(tmp_path / "runs")
     assert resumed["attacks"]["pgd20"]["per_class"] == full["attacks"]["pgd20"]["per_class"]
     assert [h["student/loss"] for h in resumed["history"]] == [h["student/loss"] for h in full["history"]]
 

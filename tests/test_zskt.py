@@ -16,7 +16,7 @@ from dfrd_bench.models.base import Classifier, StagedNet
 from dfrd_bench.pool import SamplePool
 from dfrd_bench.runner import RunRequest, run
 from methods.zskt import ZSKT, ZSKTGenerator, cosine_lr, generator_loss
-from tests.conftest import random_images
+from tests.conftest import interrupt_then_resume, random_images, same_students
 
 
 class TwoStage(StagedNet):
@@ -191,10 +191,8 @@ def test_presets_reproduce_the_papers_schedule():
         ZSKT().setup(_ctx(teacher, build_model("resnet8", 10), {"batch_size": 4}))
 
 
-def test_zskt_smoke_run_end_to_end(tmp_path):
-    test_npz = tmp_path / "test.npz"
-    np.savez(test_npz, x=random_images(40, seed=3), y=np.arange(40) % 10)
-    req = RunRequest(method="zskt", dataset="cifar10", preset="smoke", seed=0, source=str(test_npz),
+def test_zskt_smoke_run_end_to_end(tmp_path, test_npz):
+    req = RunRequest(method="zskt", dataset="cifar10", preset="smoke", seed=0, source=test_npz,
                      out=str(tmp_path / "runs"), overrides={"teacher": "random:resnet8"})
     result = run(req, log=lambda s: None)
     assert result["method"] == "zskt" and set(result["attacks"]) == {"clean", "pgd20"}
@@ -203,7 +201,7 @@ def test_zskt_smoke_run_end_to_end(tmp_path):
     assert all(h["gen/kl_t_s"] > 0 and "student/at" in h and "student/kl_adv" in h for h in hist)
 
 
-def test_interrupted_zskt_run_resumes_to_the_same_student(tmp_path, monkeypatch):
+def test_interrupted_zskt_run_resumes_to_the_same_student(tmp_path):
     test_npz = tmp_path / "test.npz"
     np.savez(test_npz, x=random_images(20, seed=3), y=np.arange(20) % 10)
 
@@ -213,19 +211,6 @@ def test_interrupted_zskt_run_resumes_to_the_same_student(tmp_path, monkeypatch)
                           overrides={"teacher": "random:resnet8", "epochs": 3, "attacks": "clean", "rslad_steps": 1})
 
     full = run(req("full"), log=lambda s: None)
-    original = ZSKT.student_loss
-
-    def flaky(self, ctx, batch):
-        if ctx.epoch == 2:
-            raise KeyboardInterrupt
-        return original(self, ctx, batch)
-
-    monkeypatch.setattr(ZSKT, "student_loss", flaky)
-    with pytest.raises(KeyboardInterrupt):
-        run(req("split"), log=lambda s: None)
-    monkeypatch.setattr(ZSKT, "student_loss", original)
-    resumed = run(req("split", resume=True), log=lambda s: None)
-    a = torch.load(tmp_path / "runs" / "full" / "student.pt", weights_only=True)["state_dict"]
-    b = torch.load(tmp_path / "runs" / "split" / "student.pt", weights_only=True)["state_dict"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    resumed = interrupt_then_resume(ZSKT, req, lambda ctx: ctx.epoch == 2)
+    assert same_students(tmp_path / "runs")
     assert [h["gen/kl_t_s"] for h in resumed["history"]] == [h["gen/kl_t_s"] for h in full["history"]]
