@@ -120,8 +120,9 @@ def evaluate(
             pred = torch.full((len(y),), -1, dtype=torch.long)
             attacked = torch.ones(len(y), dtype=torch.bool)
             if name != "clean" and not settings.attack_misclassified:
-                reuse = subset is None and clean_full is not None
-                clean_pred = clean_full if reuse else _predict(model, x, dev, batch_size)
+                if subset is None and clean_full is None:
+                    clean_full = _predict(model, x, dev, batch_size)  # once per split, whichever attack comes first
+                clean_pred = clean_full if subset is None else _predict(model, x, dev, batch_size)
                 attacked = clean_pred == y
                 pred[~attacked] = clean_pred[~attacked]  # already wrong: an error under every attack
             idx = attacked.nonzero().flatten()
