@@ -7,6 +7,7 @@ The attacked model is never put into train mode here and its parameters receive 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional
 
@@ -88,10 +89,24 @@ def cw_objective(model: torch.nn.Module, y: torch.Tensor) -> Objective:
     return lambda xa: cw_margin(model(xa), y)
 
 
-def kl_objective(model: torch.nn.Module, target_probs: torch.Tensor) -> Objective:
-    """KL(target || model(x_adv)) per sample (the TRADES / RSLAD inner maximisation)."""
+def kl_objective(model: torch.nn.Module, target_probs: torch.Tensor, uniform_weight: float = 0.0) -> Objective:
+    """KL(target || model(x_adv)) - uniform_weight * KL(U || model(x_adv)) per sample.
+
+    uniform_weight = 0: the TRADES / RSLAD inner maximisation. uniform_weight = gamma: FERD's
+    Uniform-Target Adversarial Examples (Eq. 10), which also keep the attacked model's prediction
+    close to uniform so that the attack does not pile up on a few target classes.
+    """
     log_target = target_probs.clamp_min(1e-12).log()
-    return lambda xa: (target_probs * (log_target - F.log_softmax(model(xa), 1))).sum(1)
+    num_classes = target_probs.shape[1]
+
+    def objective(xa: torch.Tensor) -> torch.Tensor:
+        log_q = F.log_softmax(model(xa), 1)
+        value = (target_probs * (log_target - log_q)).sum(1)
+        if uniform_weight:
+            value = value - uniform_weight * (-log_q.mean(1) - math.log(num_classes))  # KL(U || q)
+        return value
+
+    return objective
 
 
 # ------------------------------------------------------------------------------------------------

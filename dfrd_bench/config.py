@@ -1,9 +1,10 @@
 """Run settings as data: runner defaults, presets per dataset, method defaults, `--set` overrides.
 
 Resolution order (later wins):
-  RUNNER_DEFAULTS -> RUNNER_PRESETS[preset]['*'] -> RUNNER_PRESETS[preset][dataset]
+  RUNNER_DEFAULTS -> Method.runner_defaults -> RUNNER_PRESETS[preset]['*'] -> RUNNER_PRESETS[preset][dataset]
   -> Method.defaults -> Method.presets[preset]['*'] -> Method.presets[preset][dataset]
-  -> Method.variants[variant] (when --set variant=NAME) -> --set key=value.
+  -> Method.variants[variant] (when --set variant=NAME; a variant may also hold per-preset layers:
+     {'*': {...}, 'quick': {...}}) -> --set key=value.
 The result is one flat, frozen, JSON-serialisable mapping stored in every result.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ import yaml
 from .utils import parse_fraction
 
 PRESET_NAMES = ("paper", "quick", "smoke")
+STUDENT_SCHEDULES = ("cosine", "cosine-through-warmup", "constant")
 
 # Settings the runner owns (every method has them).
 RUNNER_DEFAULTS: Dict[str, Any] = {
@@ -31,8 +33,15 @@ RUNNER_DEFAULTS: Dict[str, Any] = {
     "student_lr": 0.1,
     "student_momentum": 0.9,
     "student_weight_decay": 5e-4,
-    "student_schedule": "cosine",  # cosine over all epochs (the authors' code; the paper is silent) | constant
+    # cosine: annealed over the epochs that train the student (after the warm-up); cosine-through-warmup:
+    # annealed over all epochs, warm-up included (FERD's and Fast's released code step their scheduler
+    # through the warm-up, so the student starts below student_lr); constant
+    "student_schedule": "cosine",
     "warmup_epochs": 0,        # epochs in which only the synthesis stage runs
+    # random crop (zero padding 4) + horizontal flip of every pool batch before the method's student
+    # loss, drawn from the run's generator (resume stays exact). Each method's default is what its
+    # reference does (Method.runner_defaults): on for FERD, CMI, DeepInv and Fast, off for ZSKT and DFHL.
+    "student_augment": False,
     "pool_max": None,          # None = keep every synthetic sample (the reference code bases do)
     "pool_sampling": "uniform",  # uniform over the pool | latest (the batch just generated, ZSKT)
     "eps": 8 / 255,
@@ -153,6 +162,7 @@ def resolve_config(method_cls: Any, dataset: str, preset: str, overrides: Option
         raise ConfigError(f"method {method_cls.name} redefines runner settings {sorted(clash)}")
     values: Dict[str, Any] = {**RUNNER_DEFAULTS, **method_defaults}
     keys = list(values)
+    _layer(values, getattr(method_cls, "runner_defaults", {}), RUNNER_DEFAULTS, f"{method_cls.name} runner_defaults")
     _layer(values, RUNNER_PRESETS[preset].get("*", {}), keys, f"preset {preset}")
     _layer(values, RUNNER_PRESETS[preset].get(dataset, {}), keys, f"preset {preset}/{dataset}")
     method_presets = getattr(method_cls, "presets", {}).get(preset, {})
@@ -164,8 +174,26 @@ def resolve_config(method_cls: Any, dataset: str, preset: str, overrides: Option
         variants = getattr(method_cls, "variants", {})
         if variant not in variants:
             raise ConfigError(f"{method_cls.name} has no variant {variant!r}; it has: paper, {', '.join(variants) or '-'}")
-        _layer(values, variants[variant], keys, f"{method_cls.name} variant {variant}")
+        for where, layer in _variant_layers(variants[variant], preset, dataset):
+            _layer(values, layer, keys, f"{method_cls.name} variant {variant}{where}")
     _layer(values, overrides, keys, "--set")
     values["preset"] = preset
     values["dataset"] = dataset
+    if values["student_schedule"] not in STUDENT_SCHEDULES:
+        raise ConfigError(f"student_schedule must be one of {', '.join(STUDENT_SCHEDULES)}, "
+                          f"got {values['student_schedule']!r}")
     return Config(values)
+
+
+def _variant_layers(variant: Mapping[str, Any], preset: str, dataset: str):
+    """A variant is a flat mapping of settings, or {'*': settings, '<preset>': settings,
+    '<preset>/<dataset>': settings} when part of it depends on the budget (e.g. a warm-up length)."""
+    if "*" not in variant:
+        return [("", variant)]
+    return [(f" ({key})", variant[key]) for key in ("*", preset, f"{preset}/{dataset}") if key in variant]
+
+
+def student_steps(cfg: Mapping[str, Any]) -> int:
+    """Optimiser steps the student takes in a run: (epochs - warm-up epochs) x student iterations.
+    The `paper` presets give every method the same number (docs/methods.md, budget policy)."""
+    return max(0, int(cfg["epochs"]) - int(cfg["warmup_epochs"])) * int(cfg["student_iters"])

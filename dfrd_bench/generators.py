@@ -43,8 +43,12 @@ class Generator(nn.Module):
         h = self.l1(z).view(z.shape[0], self.width * 2, self.init_size, self.init_size)
         return self.conv_blocks(h)
 
-    def reinit_first_layers(self) -> None:
-        """Fast-Datafree re-initialises the first linear and BN layers late in training."""
-        for m in list(self.l1.modules()) + [self.conv_blocks[0]]:
-            if hasattr(m, "reset_parameters"):
-                m.reset_parameters()
+    def reinit_first_layers(self, generator: Optional[torch.Generator] = None) -> None:
+        """Fast-Datafree's late re-initialisation (`reset_l0`): the first linear layer's weight and the
+        first BatchNorm's weight drawn from N(0, 0.02), both biases set to 0, as its code does (a BN
+        scale near 0, not PyTorch's default 1). Draws come from `generator` (the run's) when given,
+        on the CPU, so a resumed run draws the same numbers on any device."""
+        with torch.no_grad():
+            for layer in (self.l1[0], self.conv_blocks[0]):
+                layer.weight.copy_(torch.empty(layer.weight.shape).normal_(0.0, 0.02, generator=generator))
+                layer.bias.zero_()

@@ -21,6 +21,13 @@ def kl_div(p_logits_or_probs: torch.Tensor, q_logits: torch.Tensor, temperature:
     return per_sample.mean() if reduction == "batchmean" else per_sample
 
 
+def soft_cross_entropy(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """H(p, q) = -sum p log q, batch mean, p = softmax(p_logits) treated as a constant target.
+    Equals KL(p || q) + H(p): the same gradient for q, but not for whatever produced p."""
+    p = F.softmax(p_logits, 1).detach()
+    return -(p * F.log_softmax(q_logits, 1)).sum(1).mean()
+
+
 def kl_uniform(logits: torch.Tensor, reduction: str = "batchmean") -> torch.Tensor:
     """KL(U || softmax(logits)): zero when the prediction is uniform over the classes."""
     c = logits.shape[1]

@@ -95,6 +95,9 @@ class Method:
     summary: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     defaults: ClassVar[Dict[str, Any]] = {}
+    # Runner settings whose default differs for this method, e.g. {"student_augment": True} where
+    # the method's reference augments its student batches. Presets and --set still override them.
+    runner_defaults: ClassVar[Dict[str, Any]] = {}
     presets: ClassVar[Dict[str, Dict[str, Dict[str, Any]]]] = {}
     variants: ClassVar[Dict[str, Dict[str, Any]]] = {}
 

@@ -23,14 +23,23 @@ RSLAD_DEFAULTS: Dict[str, Any] = {
 }
 
 
-def student_adversarial(ctx: MethodContext, x: torch.Tensor, teacher_probs: torch.Tensor, steps: int, step: float) -> torch.Tensor:
-    """RSLAD's inner maximisation: KL(T(x) || S(x')) on the student, crafted in eval mode."""
+def student_adversarial(ctx: MethodContext, x: torch.Tensor, teacher_probs: torch.Tensor, steps: int, step: float,
+                        uniform_weight: float = 0.0) -> torch.Tensor:
+    """RSLAD's inner maximisation on the STUDENT: `steps` sign steps of `step` in the eps ball from
+    x + 0.001 N(0, I), ascending KL(T(x) || S(x')) - uniform_weight * KL(U || S(x')).
+
+    uniform_weight = 0 is RSLAD's attack (ZSKT, CMI, DeepInv, Fast); uniform_weight = gamma is FERD's
+    UTAE on the student (Eq. 10 as the authors' code runs it). The student is put in eval mode for
+    the attack (BatchNorm uses running statistics, as in RSLAD's and FERD's code) and restored after;
+    its parameters receive no gradient here.
+    """
     student = ctx.student
     was_training = student.training
     student.eval()
     try:
         start = (x + 0.001 * ctx.randn(*x.shape)).clamp(0, 1)
-        return sign_ascent(kl_objective(student, teacher_probs), x, ctx.cfg.eps, step, steps, start=start)
+        return sign_ascent(kl_objective(student, teacher_probs, uniform_weight), x, ctx.cfg.eps, step, steps,
+                           start=start)
     finally:
         student.train(was_training)
 

@@ -26,7 +26,8 @@ import torch
 
 from .attacks import AttackSettings
 from .checkpoints import save_model, sha256_file
-from .config import Config, resolve_config
+from .augment import random_crop_flip
+from .config import STUDENT_SCHEDULES, Config, resolve_config
 from .data import get_dataset_spec, load_split
 from .evaluate import evaluate, parse_attacks
 from .method import Batch, MethodContext, get_method
@@ -74,12 +75,24 @@ def cosine_lr(base: float, step: int, total: int) -> float:
     return 0.5 * base * (1 + math.cos(math.pi * step / max(1, total)))
 
 
-def _student_lr(cfg: Config, epoch: int) -> float:
+def student_lr_at(cfg: Config, epoch: int) -> float:
+    """The student's learning rate in (0-based) `epoch` under cfg.student_schedule."""
     if cfg.student_schedule == "constant":
         return cfg.student_lr
-    if cfg.student_schedule == "cosine":
+    if cfg.student_schedule == "cosine":  # restarts after the warm-up: the first student epoch gets student_lr
         return cosine_lr(cfg.student_lr, max(0, epoch - cfg.warmup_epochs), cfg.epochs - cfg.warmup_epochs)
-    raise RunError(f"unknown student_schedule {cfg.student_schedule!r}; use cosine or constant")
+    if cfg.student_schedule == "cosine-through-warmup":  # the scheduler also steps in the warm-up epochs
+        return cosine_lr(cfg.student_lr, epoch, cfg.epochs)
+    raise RunError(f"unknown student_schedule {cfg.student_schedule!r}; use {', '.join(STUDENT_SCHEDULES)}")
+
+
+def student_batch(pool: SamplePool, cfg: Config, rng: torch.Generator) -> Batch:
+    """One student-stage batch from the pool, crop+flip augmented when cfg.student_augment, with
+    every random draw from the run's generator (so a resumed run draws the same batches)."""
+    x, y = pool.latest(cfg.batch_size) if cfg.pool_sampling == "latest" else pool.sample(cfg.batch_size, rng)
+    if cfg.student_augment:
+        x = random_crop_flip(x, padding=4, generator=rng)
+    return Batch(x, y)
 
 
 def _rng_states(ctx: MethodContext) -> Dict[str, Any]:
@@ -191,15 +204,14 @@ def run(req: RunRequest, log: Callable[[str], None] = print,
         record: Dict[str, Any] = {"epoch": epoch + 1, "pool": len(pool)}
         record.update({f"gen/{k}": _to_float(v) for k, v in samples.logs.items()})
         if epoch >= cfg.warmup_epochs:
-            lr = _student_lr(cfg, epoch)
+            lr = student_lr_at(cfg, epoch)
             for group in opt.param_groups:
                 group["lr"] = lr
             record["lr"] = lr
             student.train()
             sums: Dict[str, torch.Tensor] = {}
             for _ in progress(range(cfg.student_iters), desc=f"epoch {epoch + 1}/{cfg.epochs} distill", unit="it"):
-                x, y = pool.latest(cfg.batch_size) if cfg.pool_sampling == "latest" else pool.sample(cfg.batch_size, rng)
-                loss, logs = method.student_loss(ctx, Batch(x, y))
+                loss, logs = method.student_loss(ctx, student_batch(pool, cfg, rng))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -165,6 +165,7 @@ class CMI(RobustKDMethod):
         "cmi_features": "bn",         # 'bn': every teacher BN input; 'stages': every stage output (smaller D)
         "local_scale_min": 0.25,      # the local view's random resized crop covers 25-100 % of the image
     }
+    runner_defaults = {"student_augment": True}  # CMI's (Fast-Datafree's) KD loop crops and flips every pool batch
     presets = {
         "quick": {"*": {"bank_size": 4096, "n_neg": 512, "rslad_steps": 5}},
         "smoke": {"*": {"bank_size": 12, "n_neg": 8, "rslad_steps": 2}},

@@ -5,10 +5,14 @@ Per epoch (Algorithm 1):
    L_gen = l_adv L_adv + l_bn L_bn + l_oh L_oh + l_uni L_uni (Eq. 9); the lowest-loss batch joins
    the pool; then the class sampling weights p are recomputed from teacher PGD-20 margins (Eq. 1-2,
    softmax) on that batch.
-2. Distillation stage: Uniform-Target Adversarial Examples x_U from pool batches x_F (Eq. 10) and
-   L_stu = l_1 KL(T(x_F) || S(x_F)) + l_2 KL(T(x_F) || S(x_U)) (Eq. 11).
+2. Distillation stage (pool batches crop+flip augmented by the runner, `student_augment`):
+   Uniform-Target Adversarial Examples x_U from x_F crafted on the STUDENT, maximising
+   KL(T(x_F) || S(x_U)) - gamma KL(U || S(x_U)) (Eq. 10 as the authors' code runs it; the printed
+   equation crafts them on the teacher: `--set variant=paper-literal` or `utae_on=teacher`), and
+   L_stu = l_1 KL(T(x_F) || S(x_F)) + l_2 KL(T(x_F) || S(x_U)) with l_1 = 5/6, l_2 = 1/6 (Eq. 11).
 
-See docs/methods/ferd.md for every default and where it comes from, and the `released` variant.
+See docs/methods/ferd.md for every default and the evidence behind it, and the variants
+`paper-literal`, `released` and `rslad-weights`.
 """
 from __future__ import annotations
 
@@ -18,12 +22,12 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from dfrd_bench.attacks import ce_objective, cw_margin, sign_ascent
+from dfrd_bench.attacks import ce_objective, cw_margin, kl_objective, sign_ascent
 from dfrd_bench.augment import random_crop_flip
 from dfrd_bench.config import ConfigError
 from dfrd_bench.generators import Generator
 from dfrd_bench.hooks import bn_statistics_loss
-from dfrd_bench.losses import kl_div, kl_uniform
+from dfrd_bench.losses import kl_div, kl_uniform, soft_cross_entropy
 from dfrd_bench.method import Batch, LowestLossBatch, Method, MethodContext, Samples, register_method
 from dfrd_bench.metrics import entropy_bits
 from dfrd_bench.robust_kd import student_adversarial
@@ -114,16 +118,27 @@ def channel_var(z: torch.Tensor) -> torch.Tensor:
 # 3. Uniform-Target Adversarial Examples (Eq. 10) and 4. the student loss (Eq. 11)
 # ------------------------------------------------------------------------------------------------
 def utae_objective(model: torch.nn.Module, target_probs: torch.Tensor, gamma: float):
-    """Per sample KL(f_T(x_F) || f_T(x_U)) - gamma KL(U || f_T(x_U)), to be maximised."""
+    """Per sample KL(f_T(x_F) || f(x_U)) - gamma KL(U || f(x_U)) on the attacked model f (Eq. 10), to be
+    maximised; the core's KL objective with a uniform term (gamma = 0: RSLAD's inner maximisation)."""
+    return kl_objective(model, target_probs, uniform_weight=gamma)
 
-    def objective(x_u: torch.Tensor) -> torch.Tensor:
-        logits = model(x_u)
-        value = kl_div(target_probs, logits, p_is_probs=True, reduction="none")
-        if gamma:
-            value = value - gamma * kl_uniform(logits, reduction="none")
-        return value
 
-    return objective
+def decoupled_kd_divergence(t_logits: torch.Tensor, s_logits: torch.Tensor, temperature: float = 100.0) -> torch.Tensor:
+    """The released generator's divergence (`losses.dkl_loss` with its defaults, GI off):
+
+        0.25 * sum_ij p_ij ((t_i - t_j) - (s_i - s_j))^2 / sum_ij p_ij  +  H(softmax(t).detach(), softmax(s))
+
+    with p_ij = s_i s_j, s = softmax(t / temperature): a soft cross-entropy plus a weighted mean
+    squared difference of all pairwise logit gaps. The generator maximises it (L_adv = -divergence).
+    As in the released code the cross-entropy's teacher probabilities are detached (only the
+    student side moves the generator there), while the gap term and its weights are not."""
+    c = t_logits.shape[1]
+    gap_t = t_logits.view(-1, c, 1) - t_logits.view(-1, 1, c)
+    gap_s = s_logits.view(-1, c, 1) - s_logits.view(-1, 1, c)
+    s_n = F.softmax(t_logits / temperature, 1)
+    p_n = s_n.view(-1, c, 1) @ s_n.view(-1, 1, c)
+    mse = 0.25 * ((gap_t - gap_s).pow(2) * p_n).sum() / p_n.sum()
+    return mse + soft_cross_entropy(t_logits, s_logits)
 
 
 def ferd_student_loss(t_clean: torch.Tensor, s_clean: torch.Tensor, s_adv: torch.Tensor,
@@ -156,18 +171,37 @@ class FERD(Method):
         "reweight_pgd_steps": 20, "lps_beta": 2.0, "lps_lambda": 0.0, "minmax_low": 0.05, "minmax_high": 0.2,
         # FAEs / UTAEs switches and settings (step size and count from the authors' code)
         "fae": True, "utae": True, "gamma": 0.5, "utae_steps": 10, "utae_step": 2 / 255,
-        "utae_on": "teacher",         # released code: 'student' (RSLAD-style, no uniform term)
-        # student loss (Eq. 11)
+        # which model the UTAEs attack: 'student' (the authors' code, and what transfers robustness;
+        # docs/methods/ferd.md has the evidence) or 'teacher' (Eq. 10 as printed: variant paper-literal)
+        "utae_on": "student",
+        # the generator's adversarial term: 'kl' = -KL(T || S) (Eq. 8); 'dkd' = the released code's
+        # decoupled-KD divergence (soft CE + logit-gap MSE at temperature dkd_temperature)
+        "gen_adv_loss": "kl", "dkd_temperature": 100.0,
+        # student loss (Eq. 11): 5/6 on the clean term, 1/6 on the adversarial term (paper and released
+        # test.py); RSLAD's 1/6 / 5/6 is the diagnostic variant rslad-weights
         "lambda_1": 5 / 6, "lambda_2": 1 / 6,
     }
+    runner_defaults = {"student_augment": True}  # the released distillation stage crops and flips every pool batch
     presets = {
         "quick": {"*": {"ib_steps": 10, "reweight_pgd_steps": 10, "utae_steps": 5, "utae_step": 8 / 255 / 4}},
         "smoke": {"*": {"ib_steps": 2, "reweight_pgd_steps": 2, "utae_steps": 2}},
     }
     variants = {
-        # The authors' released code where it differs from the paper (reference-implementations.md).
-        "released": {"utae_on": "student", "gamma": 0.0, "reweight_strategy": "minmax", "reinit_generator": True,
-                     "conditional": False, "warmup_epochs": 20},
+        # Eq. 10 as printed: UTAEs crafted on the TEACHER, no student-stage augmentation (the suite's
+        # default before issue 9, kept so anyone can see what the printed equation does).
+        "paper-literal": {"utae_on": "teacher", "student_augment": False},
+        # The authors' released code where it differs from the default (docs/methods/ferd.md). Its
+        # 20 warm-up epochs (generator only) are inside its 220; in the CPU presets one warm-up epoch
+        # is added in front, so the student takes as many steps as every other method's.
+        "released": {
+            "*": {"utae_on": "student", "gamma": 0.0, "reweight_strategy": "minmax", "reinit_generator": True,
+                  "conditional": False, "warmup_epochs": 20, "student_schedule": "cosine-through-warmup",
+                  "student_augment": True, "gen_adv_loss": "dkd", "latent_dim": 100, "lr_z": 0.015},
+            "quick": {"warmup_epochs": 1, "epochs": 9},
+            "smoke": {"warmup_epochs": 1, "epochs": 3},
+        },
+        # DIAGNOSTIC, not FERD: RSLAD's weights (5/6 on the adversarial term) on the default.
+        "rslad-weights": {"lambda_1": 1 / 6, "lambda_2": 5 / 6},
     }
 
     # ------------------------------------------------------------------------------------------
@@ -178,7 +212,9 @@ class FERD(Method):
         if cfg.ib_mask_variance not in ("clean", "noisy"):
             raise ConfigError("ib_mask_variance must be clean or noisy")
         if cfg.utae_on not in ("teacher", "student"):
-            raise ConfigError("utae_on must be teacher or student")
+            raise ConfigError(f"utae_on must be teacher or student, got {cfg.utae_on!r}")
+        if cfg.gen_adv_loss not in ("kl", "dkd"):
+            raise ConfigError(f"gen_adv_loss must be kl or dkd, got {cfg.gen_adv_loss!r}")
         if cfg.warmup_epochs >= cfg.epochs:
             raise ConfigError(f"warmup_epochs ({cfg.warmup_epochs}) must be below epochs ({cfg.epochs}); "
                               "pass --set warmup_epochs=N")
@@ -223,7 +259,7 @@ class FERD(Method):
                     feats = teacher.features(view, self.layer)
                     t_logits = teacher.forward_from(feats, self.layer)
                 terms = {"bn": bn.loss(), "oh": F.cross_entropy(t_logits, y),
-                         "adv": -kl_div(t_logits, student(view))}  # the generator seeks T-S divergence
+                         "adv": -self._divergence(cfg, t_logits, student(view))}  # the generator seeks T-S divergence
                 if cfg.fae and cfg.lambda_uni > 0:
                     mask = self._non_robust_mask(ctx, teacher, feats.detach(), y, noise_scale, ib_opt)
                     terms["uni"] = kl_uniform(teacher.forward_from(feats * mask, self.layer))
@@ -247,6 +283,12 @@ class FERD(Method):
         logs["p"] = [round(float(v), 5) for v in self.p]
         logs["label_hist"] = torch.bincount(y.cpu(), minlength=ctx.num_classes).tolist()
         return Samples(best_x, y, logs)
+
+    @staticmethod
+    def _divergence(cfg, t_logits: torch.Tensor, s_logits: torch.Tensor) -> torch.Tensor:
+        if cfg.gen_adv_loss == "dkd":
+            return decoupled_kd_divergence(t_logits, s_logits, cfg.dkd_temperature)
+        return kl_div(t_logits, s_logits)
 
     def _feature_channels(self, ctx: MethodContext) -> int:
         with torch.no_grad():
@@ -296,23 +338,38 @@ class FERD(Method):
         x_f = batch.x
         with torch.no_grad():
             t_clean = teacher(x_f)
-        if cfg.utae_on == "teacher":
-            start = (x_f + 0.001 * ctx.randn(*x_f.shape)).clamp(0, 1)
-            gamma = cfg.gamma if cfg.utae else 0.0  # 'w/o UTAEs' = the plain KL-PGD (gamma = 0)
-            x_u = sign_ascent(utae_objective(teacher, F.softmax(t_clean, 1), gamma), x_f, cfg.eps, cfg.utae_step,
-                              cfg.utae_steps, start=start)
-        else:  # released code: the RSLAD attack on the student, no uniform term
-            x_u = student_adversarial(ctx, x_f, F.softmax(t_clean, 1), cfg.utae_steps, cfg.utae_step)
+        x_u, attacked = self.utaes(ctx, x_f, F.softmax(t_clean, 1))
         if self._spread.get("epoch") != ctx.epoch:
-            self._record_spread(ctx, x_u, t_clean)
+            self._record_spread(ctx, attacked, x_u, x_f)
         loss, kl_clean, kl_adv = ferd_student_loss(t_clean, student(x_f), student(x_u), cfg.lambda_1, cfg.lambda_2)
         return loss, {"kl_clean": kl_clean, "kl_adv": kl_adv}
 
-    def _record_spread(self, ctx: MethodContext, x_u: torch.Tensor, t_clean: torch.Tensor) -> None:
-        """Which classes the teacher assigns to UTAEs that flip its decision (Fig. 9's target spread)."""
-        with torch.no_grad():
-            pred_u = ctx.teacher(x_u).argmax(1)
-        flipped = pred_u != t_clean.argmax(1)
+    @staticmethod
+    def utaes(ctx: MethodContext, x_f: torch.Tensor, teacher_probs: torch.Tensor) -> Tuple[torch.Tensor, torch.nn.Module]:
+        """Eq. 10: `utae_steps` sign steps of `utae_step` in the eps ball from x_F + 0.001 N(0, I),
+        ascending KL(T(x_F) || f(x_U)) - gamma KL(U || f(x_U)), f = the student (default) or the
+        teacher (paper-literal). Returns (x_U, f). utae=false is gamma = 0 (Table 3's w/o UTAEs)."""
+        cfg = ctx.cfg
+        gamma = cfg.gamma if cfg.utae else 0.0
+        if cfg.utae_on == "student":
+            x_u = student_adversarial(ctx, x_f, teacher_probs, cfg.utae_steps, cfg.utae_step, uniform_weight=gamma)
+            return x_u, ctx.student
+        start = (x_f + 0.001 * ctx.randn(*x_f.shape)).clamp(0, 1)
+        x_u = sign_ascent(utae_objective(ctx.teacher, teacher_probs, gamma), x_f, cfg.eps, cfg.utae_step,
+                          cfg.utae_steps, start=start)
+        return x_u, ctx.teacher
+
+    def _record_spread(self, ctx: MethodContext, model: torch.nn.Module, x_u: torch.Tensor, x_f: torch.Tensor) -> None:
+        """Which classes the attacked model assigns to UTAEs that flip its decision (Fig. 9's target
+        spread), on the epoch's first batch; the model is read in eval mode."""
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                pred_u, pred_f = model(x_u).argmax(1), model(x_f).argmax(1)
+        finally:
+            model.train(was_training)
+        flipped = pred_u != pred_f
         hist = torch.bincount(pred_u[flipped].cpu(), minlength=ctx.num_classes)
         self._spread = {"epoch": ctx.epoch, "utae_flip_rate": float(flipped.float().mean()),
                         "utae_target_hist": hist.tolist(),

@@ -15,8 +15,8 @@ from dfrd_bench.models import build_model
 from dfrd_bench.models.base import Classifier, StagedNet
 from dfrd_bench.pool import SamplePool
 from dfrd_bench.runner import RunRequest, run
-from methods.deepinv import (DeepInversion, competition_loss, image_from_latent, inversion_loss, jensen_shannon,
-                             jitter_flip, standardize, total_variation_l2)
+from methods.deepinv import (DeepInversion, clip_to_box_, competition_loss, fast_datafree_js, image_from_latent,
+                             inversion_loss, jensen_shannon, jitter_flip, standardize, total_variation_l2)
 
 
 
@@ -92,6 +92,26 @@ def test_competition_term_is_one_minus_js_by_hand():
     assert competition_loss(3 * t, 3 * s, temperature=3.0).item() == pytest.approx(1 - js, rel=1e-5)
 
 
+def test_fast_datafree_js_by_hand_and_its_sign():
+    s = torch.tensor([[math.log(3.0), 0.0]])  # P = [3/4, 1/4]
+    t = torch.tensor([[0.0, math.log(3.0)]])  # Q = [1/4, 3/4]; M = [1/2, 1/2]
+    # KL(M || P) = KL(M || Q) = 1/2 log(1/2 / 3/4) + 1/2 log(1/2 / 1/4)
+    kl_m = 0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25)
+    assert fast_datafree_js(s, t, temperature=1.0).item() == pytest.approx(kl_m, rel=1e-5)
+    assert fast_datafree_js(s, s, temperature=1.0).item() == pytest.approx(0.0, abs=1e-7)
+    # probabilities are clamped to [0.01, 0.99] as in Fast-Datafree: a certain disagreement stays finite
+    assert math.isfinite(fast_datafree_js(torch.tensor([[50.0, -50.0]]), torch.tensor([[-50.0, 50.0]]), 1.0).item())
+
+
+def test_clip_pixels_stay_in_the_image_box():
+    mean, std = (0.5, 0.25, 0.0), (0.5, 0.25, 1.0)
+    v = torch.tensor([-9.0, 9.0, 0.3]).view(1, 3, 1, 1).repeat(1, 1, 1, 1)
+    clip_to_box_(v, mean, std)
+    x = image_from_latent(v, "clip", mean, std)
+    assert x.min() >= 0 and x.max() <= 1
+    assert x.flatten().tolist() == pytest.approx([0.0, 1.0, 0.3])  # clamped, clamped, unchanged
+
+
 def test_jitter_flip_and_unconstrained_pixels():
     x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
     assert torch.equal(jitter_flip(x, 1, -2, False), torch.roll(x, (1, -2), (2, 3)))
@@ -111,17 +131,17 @@ def test_generate_removes_its_hooks_lowers_the_loss_and_is_reproducible():
     ctx = _ctx(teacher, student, {"gen_iters": 12, "synthesis_batch_size": 6})
     m = DeepInversion()
     m.setup(ctx)
-    samples = m.generate(ctx)
+    samples = m.generate(ctx)  # the default: Fast-Datafree's, with the student's BN hooks and competition
     assert _hooks(teacher) == 0 and _hooks(student) == 0
     assert samples.x.shape == (6, 3, 32, 32) and samples.x.min() >= 0 and samples.x.max() <= 1
-    assert samples.y.shape == (6,) and set(samples.logs) >= {"ce", "bn", "tv", "l2", "total", "teacher_acc"}
+    assert samples.y.shape == (6,) and set(samples.logs) >= {"ce", "bn", "bn_student", "compete", "total", "teacher_acc"}
     assert not teacher.training and student.training and all(p.requires_grad for p in student.parameters())
     assert all(p.grad is None for p in teacher.parameters())
 
     # the pixel optimisation lowers the inversion loss: compare 0 and 12 steps from the same start
     def final_loss(iters):
-        c = _ctx(teacher, student, {"gen_iters": iters, "synthesis_batch_size": 6, "select": "last", "flip": False,
-                                    "jitter": 0})
+        c = _ctx(teacher, student, {"variant": "nvlabs", "gen_iters": iters, "synthesis_batch_size": 6,
+                                    "select": "last", "flip": False, "jitter": 0})
         s = m.generate(c)
         with bn_statistics_loss(teacher) as bn:
             return inversion_loss(teacher(s.x), s.y, bn, standardize(s.x, m.mean, m.std),
@@ -159,8 +179,10 @@ def test_competition_makes_the_synthesis_depend_on_the_student():
     over = {"gen_iters": 3, "synthesis_batch_size": 4}
     m = DeepInversion()
     m.setup(_ctx(teacher, s1, over))
-    plain = [m.generate(_ctx(teacher, s, over)).x for s in (s1, s2)]
-    assert torch.equal(plain[0], plain[1])  # DeepInversion ignores the student
+    plain = [m.generate(_ctx(teacher, s, {**over, "variant": "nvlabs"})).x for s in (s1, s2)]
+    assert torch.equal(plain[0], plain[1])  # NVlabs' DeepInversion ignores the student
+    fd = [m.generate(_ctx(teacher, s, over)) for s in (s1, s2)]  # Fast-Datafree's competes with it
+    assert not torch.equal(fd[0].x, fd[1].x) and fd[0].logs["compete"] <= 0
     adi = [m.generate(_ctx(teacher, s, {**over, "variant": "adi"})) for s in (s1, s2)]
     assert not torch.equal(adi[0].x, adi[1].x) and "compete" in adi[0].logs
     assert 0 <= adi[0].logs["compete"] <= 1
@@ -183,11 +205,21 @@ def test_rslad_switch_changes_the_student_loss():
 
 
 def test_presets():
+    # the default: Fast-Datafree's DeepInversion as the FERD paper ran it (200 pixel steps per epoch)
     paper = resolve_config(DeepInversion, "cifar10", "paper")
-    assert (paper.gen_iters, paper.di_lr, paper.r_feature, paper.jitter, paper.flip) == (2000, 0.1, 10.0, 2, True)
-    assert paper.compete_scale == 0.0 and paper.rslad and paper.synthesis_batch_size == 256
-    assert resolve_config(DeepInversion, "cifar10", "paper", {"variant": "adi"}).compete_scale == 10.0
-    assert resolve_config(DeepInversion, "tinyimagenet", "paper").jitter == 4
+    assert (paper.gen_iters, paper.di_lr, paper.di_beta1, paper.di_beta2, paper.r_feature, paper.jitter) == (
+        200, 0.1, 0.5, 0.99, 10.0, 4)
+    assert (paper.compete_scale, paper.compete_loss, paper.tv_l2, paper.l2_scale, paper.student_bn_weight) == (
+        1.0, "fast-datafree", 0.0, 0.0, 0.001)
+    assert paper.pixel_space == "clip" and paper.select == "last" and paper.student_augment
+    assert paper.rslad and paper.synthesis_batch_size == 256
+    nvlabs = resolve_config(DeepInversion, "cifar10", "paper", {"variant": "nvlabs"})
+    assert (nvlabs.gen_iters, nvlabs.compete_scale, nvlabs.tv_l2, nvlabs.jitter, nvlabs.pixel_space) == (
+        2000, 0.0, 2.5e-5, 2, "sigmoid")
+    adi = resolve_config(DeepInversion, "cifar10", "paper", {"variant": "adi"})
+    assert (adi.compete_scale, adi.compete_loss) == (10.0, "adi")
+    assert resolve_config(DeepInversion, "tinyimagenet", "paper").jitter == 8
+    assert resolve_config(DeepInversion, "tinyimagenet", "paper", {"variant": "nvlabs"}).jitter == 4
     assert resolve_config(DeepInversion, "cifar10", "quick").gen_iters == 30
 
 

@@ -172,14 +172,18 @@ def test_generator_is_built_once_and_carries_over_epochs(monkeypatch):
 # -- settings and one run ---------------------------------------------------------------------------
 def test_presets_carry_the_papers_settings():
     cfg = resolve_config(DFHL, "cifar10", "paper")
-    assert (cfg.epochs, cfg.gen_iters, cfg.student_iters, cfg.batch_size, cfg.synthesis_batch_size) == (300, 10, 500, 256, 256)
-    assert (cfg.student_lr, cfg.student_weight_decay, cfg.student_schedule) == (0.1, 1e-4, "cosine")
+    # the student on the suite's equal budget (FERD's 220 x 400, SGD 0.1 / 5e-4); synthesis DFHL's own
+    assert (cfg.epochs, cfg.gen_iters, cfg.student_iters, cfg.batch_size, cfg.synthesis_batch_size) == (220, 10, 400, 256, 256)
+    assert (cfg.student_lr, cfg.student_weight_decay, cfg.student_schedule) == (0.1, 5e-4, "cosine")
+    assert cfg.balance_log10 and not cfg.student_augment  # log10 as in the authors' code; its own augmentation
+    authors = resolve_config(DFHL, "cifar10", "paper", {"variant": "authors"})
+    assert (authors.epochs, authors.student_iters, authors.student_weight_decay) == (300, 500, 1e-4)
     assert (cfg.gen_lr, cfg.lr_z, cfg.label_smoothing, cfg.lambda_balance) == (2e-3, 1e-2, 0.2, 3.0)
     assert (cfg.hee_steps, cfg.hee_step, cfg.hee_crop_scale, cfg.hee_rotation) == (10, 0.03, 0.95, 15.0)
     c100 = resolve_config(DFHL, "cifar100", "paper")
     assert (c100.gen_iters, c100.gen_lr, c100.lr_z, c100.batch_size, c100.label_smoothing) == (15, 5e-3, 0.015, 512, 0.02)
     assert resolve_config(DFHL, "cifar100", "quick").lr_z == 0.015
-    assert resolve_config(DFHL, "cifar10", "quick").student_weight_decay == 5e-4  # runner default outside `paper`
+    assert resolve_config(DFHL, "cifar10", "quick").student_weight_decay == 5e-4
 
 
 def test_smoke_run(tmp_path, test_npz):

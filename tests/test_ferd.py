@@ -6,11 +6,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pathlib import Path
+
+import yaml
+
 from dfrd_bench.attacks import kl_objective, sign_ascent
-from dfrd_bench.config import resolve_config
-from methods.ferd import (FERD, adversarial_margins, class_vulnerability, ferd_student_loss, ib_regularizer,
-                          least_pgd_steps, lps_weights, minmax_weights, non_robust_channels, softmax_weights,
-                          utae_objective)
+from dfrd_bench.config import resolve_config, student_steps
+from dfrd_bench.losses import kl_div, kl_uniform
+from dfrd_bench.method import MethodContext
+from dfrd_bench.pool import SamplePool
+from dfrd_bench.robust_kd import student_adversarial
+from dfrd_bench.utils import parse_fraction
+from methods.ferd import (FERD, adversarial_margins, class_vulnerability, decoupled_kd_divergence, ferd_student_loss,
+                          ib_regularizer, least_pgd_steps, lps_weights, minmax_weights, non_robust_channels,
+                          softmax_weights, utae_objective)
 from tests.conftest import TinyLinear
 
 
@@ -103,19 +112,77 @@ def test_utae_with_gamma_zero_is_plain_kl_pgd():
     assert not torch.equal(a, c)
 
 
-def test_uniform_term_spreads_the_adversarial_targets():
-    # With a strong uniform term the UTAE's teacher prediction is closer to uniform than plain KL-PGD's.
+def _student_ctx(model, overrides=None, seed=0):
+    """A MethodContext whose student is `model` (FERD's quick settings) for the student-side attacks."""
+    cfg = resolve_config(FERD, "cifar10", "smoke", {"teacher": "random:resnet8", **(overrides or {})})
+    return MethodContext(teacher=model, student=model, cfg=cfg, device=torch.device("cpu"),
+                         rng=torch.Generator().manual_seed(seed), pool=SamplePool(cfg.pool_max),
+                         num_classes=model.num_classes, image_size=4)
+
+
+def test_utae_on_the_student_with_gamma_zero_is_the_rslad_attack():
+    # the default UTAE (on the student) with gamma = 0 crafts exactly RSLAD's adversarial examples
+    torch.manual_seed(0)
+    student = TinyLinear(4, 4)
+    x = torch.rand(8, 3, 4, 4)
+    with torch.no_grad():
+        probs = F.softmax(TinyLinear(4, 4, seed=5)(x), 1)  # a "teacher"
+    over = {"gamma": 0.0, "utae_steps": 5, "utae_step": 2 / 255}
+    x_u, attacked = FERD.utaes(_student_ctx(student, over), x, probs)
+    x_rslad = student_adversarial(_student_ctx(student, over), x, probs, 5, 2 / 255)
+    assert attacked is student and torch.equal(x_u, x_rslad)
+    assert (x_u - x).abs().max() <= 8 / 255 + 1e-6 and x_u.min() >= 0 and x_u.max() <= 1
+    # utae=false (Table 3's w/o UTAEs) is gamma = 0 whatever gamma says
+    x_off, _ = FERD.utaes(_student_ctx(student, {**over, "gamma": 0.5, "utae": False}), x, probs)
+    assert torch.equal(x_off, x_rslad)
+    x_g, _ = FERD.utaes(_student_ctx(student, {**over, "gamma": 0.5}), x, probs)
+    assert not torch.equal(x_g, x_rslad)
+    # the student is attacked in eval mode and left as it was
+    student.train()
+    FERD.utaes(_student_ctx(student, over), x, probs)
+    assert student.training
+
+
+def test_paper_literal_attacks_the_teacher():
+    torch.manual_seed(0)
+    teacher, student = TinyLinear(4, 4, seed=1), TinyLinear(4, 4, seed=2)
+    x = torch.rand(8, 3, 4, 4)
+    with torch.no_grad():
+        probs = F.softmax(teacher(x), 1)
+    ctx = _student_ctx(student, {"variant": "paper-literal"})
+    ctx.teacher = teacher
+    _, attacked = FERD.utaes(ctx, x, probs)
+    assert attacked is teacher
+
+
+def test_uniform_term_moves_the_attacked_prediction_towards_uniform():
+    # The uniform term pulls each adversarial prediction S(x_U) towards U: KL(U || S(x_U)) falls as
+    # gamma grows. (On this linear model it does NOT spread the arg-max targets of flipped examples;
+    # whether it does on real students is measured per epoch, `utae_target_entropy_norm`.)
     torch.manual_seed(1)
-    model = TinyLinear(5, 4)
+    student = TinyLinear(5, 4)
     x = torch.rand(64, 3, 4, 4)
     with torch.no_grad():
-        p = F.softmax(model(x), 1)
-    plain = sign_ascent(utae_objective(model, p, 0.0), x, 0.1, 0.02, 10, rand_init=False)
-    uni = sign_ascent(utae_objective(model, p, 0.9), x, 0.1, 0.02, 10, rand_init=False)
-    from dfrd_bench.losses import kl_uniform
+        probs = F.softmax(student(x), 1)
+    kl_u = []
+    for gamma in (0.0, 0.5, 0.9):
+        x_u = student_adversarial(_student_ctx(student, seed=3), x, probs, 10, 0.02, uniform_weight=gamma)
+        with torch.no_grad():
+            kl_u.append(kl_uniform(student(x_u)).item())
+            assert kl_div(probs, student(x_u), p_is_probs=True).item() > 0.01  # still an attack
+    assert kl_u[0] > kl_u[1] > kl_u[2]
 
-    with torch.no_grad():
-        assert kl_uniform(model(uni)) < kl_uniform(model(plain))
+
+def test_decoupled_kd_divergence_by_hand():
+    # two classes: one gap per ordered pair; p = softmax(t / 100) outer itself
+    t = torch.tensor([[2.0, 0.0]])
+    s = torch.tensor([[0.0, 1.0]])
+    sn = F.softmax(t / 100, 1)[0]
+    gap = (2.0 - 0.0) - (0.0 - 1.0)  # (t0 - t1) - (s0 - s1) = 3
+    mse = 0.25 * (sn[0] * sn[1] * gap ** 2 * 2) / 1.0  # the (0,1) and (1,0) entries; sum p = 1
+    ce = -(F.softmax(t, 1) * F.log_softmax(s, 1)).sum()
+    assert decoupled_kd_divergence(t, s).item() == pytest.approx((mse + ce).item(), rel=1e-5)
+    assert decoupled_kd_divergence(t, t).item() == pytest.approx(-(F.softmax(t, 1) * F.log_softmax(t, 1)).sum().item())
 
 
 def test_student_loss_eq11():
@@ -133,13 +200,47 @@ def test_student_loss_eq11():
 
 
 def test_released_variant_differs_where_the_code_differs():
-    paper = resolve_config(FERD, "cifar10", "paper")
+    default = resolve_config(FERD, "cifar10", "paper")
     released = resolve_config(FERD, "cifar10", "paper", {"variant": "released"})
-    diff = {k for k in paper if paper[k] != released[k]}
-    assert diff == {"variant", "utae_on", "gamma", "reweight_strategy", "reinit_generator", "conditional", "warmup_epochs"}
+    diff = {k for k in default if default[k] != released[k]}
+    assert diff == {"variant", "gamma", "reweight_strategy", "reinit_generator", "conditional", "warmup_epochs",
+                    "student_schedule", "gen_adv_loss", "latent_dim", "lr_z"}
     assert released.utae_on == "student" and released.gamma == 0.0 and released.warmup_epochs == 20
+    assert released.epochs == 220 and released.student_augment
+    # the CPU presets add one warm-up epoch in front, so the student takes the same steps as the others
+    quick = resolve_config(FERD, "cifar10", "quick", {"variant": "released"})
+    assert (quick.warmup_epochs, quick.epochs) == (1, 9)
+    assert student_steps(quick) == student_steps(resolve_config(FERD, "cifar10", "quick"))
     # explicit --set values still win over the variant
     assert resolve_config(FERD, "cifar10", "paper", {"variant": "released", "gamma": 0.3}).gamma == 0.3
+
+
+def _docs_variant_table():
+    """The variant table of docs/methods/ferd.md: {variant: {setting: value as written}}."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "methods" / "ferd.md").read_text()
+    block = text.split("<!-- variant-table -->")[1].strip().splitlines()
+    rows = block[:next((i for i, r in enumerate(block) if not r.startswith("|")), len(block))]
+    header = [c.strip().strip("`") for c in rows[0].strip("|").split("|")]
+    table = {name: {} for name in header[1:]}
+    for row in rows[2:]:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        key = cells[0].strip("`")
+        for name, cell in zip(header[1:], cells[1:]):
+            table[name][key] = cell.strip("`")
+    return table
+
+
+def test_each_variant_resolves_to_the_settings_its_docs_table_lists():
+    table = _docs_variant_table()
+    assert set(table) == {"default", "paper-literal", "released", "rslad-weights"}
+    for variant, settings in table.items():
+        cfg = resolve_config(FERD, "cifar10", "paper", {} if variant == "default" else {"variant": variant})
+        for key, written in settings.items():
+            value = yaml.safe_load(written)
+            if isinstance(value, str) and "/" in value:
+                value = parse_fraction(value)
+            expected = pytest.approx(value) if isinstance(value, float) else value
+            assert cfg[key] == expected, (variant, key)
 
 
 def test_paper_preset_has_the_papers_settings():
@@ -149,5 +250,7 @@ def test_paper_preset_has_the_papers_settings():
     assert (cfg.student_lr, cfg.student_momentum, cfg.student_weight_decay) == (0.1, 0.9, 5e-4)
     assert (cfg.lambda_adv, cfg.lambda_bn, cfg.lambda_oh, cfg.lambda_uni) == (1.0, 5.0, 1.0, 5.0)
     assert cfg.gamma == 0.5 and cfg.lambda_1 == pytest.approx(5 / 6) and cfg.eps == pytest.approx(8 / 255)
+    # the default reading: UTAEs on the student, 10 steps of 2/255, student-stage crop+flip
+    assert (cfg.utae_on, cfg.utae_steps, cfg.utae_step, cfg.student_augment) == ("student", 10, pytest.approx(2 / 255), True)
     assert cfg.teacher == "robustbench:Chen2024Data_WRN_34_10" and cfg.student == "resnet18"
     assert resolve_config(FERD, "cifar100", "paper").batch_size == 512

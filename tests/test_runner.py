@@ -59,6 +59,7 @@ def test_interrupted_run_resumes_to_the_same_student(tmp_path, test_npz, monkeyp
         run(_req(tmp_path, test_npz, run_name="split", **kw), log=lambda s: None)
     resumed = run(_req(tmp_path, test_npz, run_name="split", resume=True, **kw), log=lambda s: None)
 
+    assert full["config"]["student_augment"]  # FERD's default: augmented student batches, resumed exactly
     assert same_students(tmp_path / "runs")
     assert resumed["attacks"]["pgd20"]["per_class"] == full["attacks"]["pgd20"]["per_class"]
     assert [h["student/loss"] for h in resumed["history"]] == [h["student/loss"] for h in full["history"]]
@@ -112,7 +113,7 @@ def test_bad_settings_fail_early(tmp_path, test_npz):
     with pytest.raises(ConfigError, match="true or false"):
         run(_req(tmp_path, test_npz, overrides={"teacher": "random:resnet8", "reweight": 3}), log=lambda s: None)
     with pytest.raises(ConfigError, match="warmup_epochs"):
-        run(_req(tmp_path, test_npz, overrides={"teacher": "random:resnet8", "variant": "released"}), log=lambda s: None)
+        run(_req(tmp_path, test_npz, overrides={"teacher": "random:resnet8", "variant": "released", "warmup_epochs": 5}), log=lambda s: None)
     assert parse_overrides(["lambda_1=5/6", "reweight=false", "layer=layer2"]) == {
         "lambda_1": "5/6", "reweight": False, "layer": "layer2"}
 
@@ -126,7 +127,9 @@ def test_nan_student_loss_stops_the_run(tmp_path, test_npz, monkeypatch):
 
 
 @pytest.mark.parametrize("sets", [["reweight=false"], ["fae=false"], ["utae=false"], ["reweight_strategy=tanh"],
-                                  ["variant=released", "warmup_epochs=1"], ["layer=layer2"], ["gamma=0.9"]])
+                                  ["variant=released", "warmup_epochs=1"], ["layer=layer2"], ["gamma=0.9"],
+                                  ["variant=paper-literal"], ["variant=rslad-weights"], ["student_augment=false"],
+                                  ["utae_on=teacher"], ["gen_adv_loss=dkd"]])
 def test_switches_run(tmp_path, test_npz, sets):
     res = CliRunner().invoke(main, ["run", "--method", "ferd", "--dataset", "cifar10", "--preset", "smoke",
                                     "--teacher", "random:resnet8", "--source", test_npz, "--out", str(tmp_path),
