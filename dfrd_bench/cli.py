@@ -301,7 +301,8 @@ def sweep_cmd(sweep_file, methods, datasets, students, seeds, grids, sets, prese
 # ---------------------------------------------------------------------------------------------- table
 @main.command("table")
 @click.option("--table", "which", default="all", show_default=True,
-              help="paper table number 1-9, a comma list, all, or runs (every run with its cost)")
+              help="paper table number 1-9, a comma list, all, variants (every method/variant/setting "
+                   "found, side by side) or runs (every run with its cost)")
 @click.option("--attacks", default="all", show_default=True, help="all, or a comma list of clean,fgsm,pgd20,cw,aa")
 @click.option("--format", "fmt", type=click.Choice(["markdown", "latex"]), default="markdown", show_default=True)
 @click.option("--results", multiple=True, default=["results"], show_default=True,
@@ -315,7 +316,7 @@ def sweep_cmd(sweep_file, methods, datasets, students, seeds, grids, sets, prese
 def table_cmd(which, attacks, fmt, results, paper, ci, out, into) -> None:
     """The paper's tables rebuilt from the result JSONs under --results."""
     from .evaluate import parse_attacks
-    from .report.tables import TABLE_NUMBERS, build_tables, render, run_list
+    from .report.tables import EXTRA_TABLES, TABLE_NUMBERS, build_tables, render, run_list
     from .utils import atomic_write_bytes, replace_between_markers
 
     for folder in results:
@@ -323,8 +324,9 @@ def table_cmd(which, attacks, fmt, results, paper, ci, out, into) -> None:
             raise click.ClickException(f"--results {folder} is not a folder")
     numbers = list(TABLE_NUMBERS) if which == "all" else [t.strip() for t in which.split(",") if t.strip()]
     for n in numbers:
-        if n not in TABLE_NUMBERS and n != "runs":
-            raise click.ClickException(f"unknown table {n!r}: choose from {', '.join(TABLE_NUMBERS)}, all or runs")
+        if n not in TABLE_NUMBERS and n not in EXTRA_TABLES:
+            raise click.ClickException(f"unknown table {n!r}: choose from {', '.join(TABLE_NUMBERS)}, all, "
+                                       f"{' or '.join(EXTRA_TABLES)}")
     wanted = parse_attacks(attacks)
     parts, empty = [], []
     for n in numbers:

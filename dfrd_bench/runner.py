@@ -27,7 +27,7 @@ import torch
 from .attacks import AttackSettings
 from .checkpoints import save_model, sha256_file
 from .augment import random_crop_flip
-from .config import STUDENT_SCHEDULES, Config, resolve_config
+from .config import STUDENT_SCHEDULES, Config, resolve_config, student_steps
 from .data import get_dataset_spec, load_split
 from .evaluate import evaluate, parse_attacks
 from .method import Batch, MethodContext, get_method
@@ -270,6 +270,7 @@ def run(req: RunRequest, log: Callable[[str], None] = print,
         "attacks": evaluated["attacks"],
         "settings": {**evaluated["settings"], "eval_limit": cfg.eval_limit, "aa_limit": cfg.aa_limit},
         "config": json.loads(json.dumps(cfg.to_dict(), default=str)),
+        "student_steps": student_steps(cfg),
         "overrides": {k: v for k, v in req.overrides.items()},
         "history": history,
         "wall_seconds": {"train": round(train_seconds, 1), "eval": round(time.time() - t_eval, 1)},

@@ -30,12 +30,14 @@ def _attack(per_class_pct, n_per_class=100):
     return summarize(np.array(y), np.array(pred), k)
 
 
-def _result(method, seed=0, student="resnet8", clean=None, pgd=None, overrides=None, config=None, history=None):
+def _result(method, seed=0, student="resnet8", clean=None, pgd=None, overrides=None, config=None, history=None,
+            variant="paper"):
     clean = clean or [60] * 10
     pgd = pgd or [20] * 10
-    cfg = {"rslad": True, "reweight": True, "fae": True, "utae": True, "gamma": 0.5, **(config or {})}
+    cfg = {"rslad": True, "reweight": True, "fae": True, "utae": True, "gamma": 0.5, "utae_on": "student",
+           **(config or {})}
     return {
-        "kind": "run", "method": method, "variant": "paper", "preset": "quick", "dataset": "cifar10", "seed": seed,
+        "kind": "run", "method": method, "variant": variant, "preset": "quick", "dataset": "cifar10", "seed": seed,
         "teacher": {"spec": "cpu-teacher", "checkpoint_sha256": TEACHER_SHA, "arch": "resnet20"},
         "student": {"arch": student, "params": 1},
         "model": {"spec": "student.pt", "arch": student, "num_classes": 10},
@@ -221,3 +223,24 @@ def test_sweep_cli_matches_run_folder_names_and_rejects_bad_keys(tmp_path):
     assert res.exit_code == 0, res.output
     assert "sweep: 4 runs (0 finished, 0 to resume, 4 new)" in res.output
     assert "cifar10-zskt-resnet8-quick-s1" in res.output
+
+
+def test_ferd_rows_hold_only_the_default_reading_and_variants_table_lists_every_setting(results):
+    # a FERD run of the printed Eq. 10 (UTAEs on the teacher), labelled 'paper' as before issue 9, and
+    # a paper-literal and a --set run: none of them may fill the FERD row of the paper's tables
+    write_result(_result("ferd", seed=2, pgd=[0] * 10, config={"utae_on": "teacher"}), results / "old" / "result.json")
+    write_result(_result("ferd", seed=0, pgd=[0] * 10, variant="paper-literal", overrides={"variant": "paper-literal"},
+                         config={"utae_on": "teacher"}), results / "lit" / "result.json")
+    write_result(_result("ferd", seed=0, pgd=[30] * 10, overrides={"gamma": 0.0}, config={"gamma": 0.0}),
+                 results / "g0" / "result.json")
+    table1 = build_tables("1", results, attacks=["clean", "pgd20"])[0]
+    ferd_row = next(r for r in table1.blocks[0][1] if r.label == "FERD")
+    assert ferd_row.seeds == 2 and ferd_row.cells[("pgd20", "avg")].mean == pytest.approx(39.0)  # seeds 0, 1 only
+    variants = build_tables("variants", results, attacks=["clean", "pgd20"])[0]
+    labels = [r.label for r in variants.blocks[0][1]]
+    assert labels == ["ZSKT", "CMI", "FERD", "FERD (gamma=0.0)", "FERD (variant=paper-literal)"]
+    rows = {r.label: r for r in variants.blocks[0][1]}
+    assert rows["FERD"].seeds == 3  # the default-labelled runs, old reading included: the table shows all
+    assert rows["FERD (variant=paper-literal)"].cells[("pgd20", "avg")].mean == 0.0
+    out = CliRunner().invoke(main, ["table", "--table", "variants", "--results", str(results)])
+    assert out.exit_code == 0 and "FERD (variant=paper-literal)" in out.output

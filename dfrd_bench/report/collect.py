@@ -152,7 +152,7 @@ def matches(run: Run, method: str, config: Dict[str, Any], variant: str = "paper
     for key, want in config.items():
         if run.config.get(key) != want:
             return False
-    return set(run.method_overrides) <= set(config)
+    return set(run.method_overrides) - {"variant"} <= set(config)  # the variant is compared above
 
 
 def describe_sources(runs: Sequence[Run]) -> List[str]:

@@ -25,6 +25,10 @@ METRIC_LABELS = {"avg": "Avg", "worst": "Worst", "worst10": "Worst-10%", "nsd": 
 METHOD_LABELS = {"zskt": "ZSKT", "cmi": "CMI", "deepinv": "DeepInv", "fast": "Fast", "dfhl": "DFHL", "ferd": "FERD"}
 BASELINES = ("zskt", "cmi", "deepinv", "fast", "dfhl", "ferd")
 RSLAD_METHODS = ("zskt", "cmi", "deepinv", "fast")
+# What makes a FERD run the method the paper's numbers came from (docs/methods/ferd.md): UTAEs on the
+# student. Runs made with the printed Eq. 10 (UTAEs on the teacher: variant paper-literal, and the
+# suite's default before issue 9) never fill a FERD row of the paper's tables.
+FERD_READING = {"utae_on": "student"}
 
 
 class TableError(ValueError):
@@ -58,7 +62,29 @@ TABLES: Registry[TableSpec] = Registry("table")
 
 
 def _method_rows(methods: Sequence[str] = BASELINES) -> Tuple[RowSpec, ...]:
-    return tuple(RowSpec(m, METHOD_LABELS[m], m) for m in methods)
+    return tuple(RowSpec(m, METHOD_LABELS[m], m, dict(FERD_READING) if m == "ferd" else {}) for m in methods)
+
+
+def _ferd(**config: Any) -> Dict[str, Any]:
+    return {**FERD_READING, **config}
+
+
+def _variant_rows(runs: List[Run]) -> Tuple[RowSpec, ...]:
+    """One row per distinct (method, variant, settings changed with --set) among the runs: the
+    comparison of readings and variants (results/ferd-reading/), seeds averaged."""
+    seen: Dict[Tuple, RowSpec] = {}
+    order = {m: i for i, m in enumerate(BASELINES)}
+    for r in sorted(runs, key=lambda r: (order.get(r.method, 99), r.method, r.variant != "paper", r.variant,
+                                         sorted(r.method_overrides.items(), key=str))):
+        sets = {k: v for k, v in r.method_overrides.items() if k != "variant"}
+        key = (r.method, r.variant, tuple(sorted((k, repr(v)) for k, v in sets.items())))
+        if key in seen:
+            continue
+        label = METHOD_LABELS.get(r.method, r.method)
+        extra = ([f"variant={r.variant}"] if r.variant != "paper" else []) + [f"{k}={v}" for k, v in sorted(sets.items())]
+        label += f" ({', '.join(extra)})" if extra else ""
+        seen[key] = RowSpec("/".join(map(str, key)), label, r.method, sets, r.variant)
+    return tuple(seen.values())
 
 
 def _rslad_rows() -> Tuple[RowSpec, ...]:
@@ -72,7 +98,7 @@ def _rslad_rows() -> Tuple[RowSpec, ...]:
 def _layer_rows(runs: List[Run]) -> Tuple[RowSpec, ...]:
     """Table 9: one row per FERD layer l found (the paper: block1..3 of a WRN; '' = the last block)."""
     layers = sorted({str(r.config.get("layer", "")) for r in runs if r.method == "ferd"}) or ["block1", "block2", "block3"]
-    return tuple(RowSpec(layer or "block3", layer or "last block (default)", "ferd", {"layer": layer}) for layer in layers)
+    return tuple(RowSpec(layer or "block3", layer or "last block (default)", "ferd", _ferd(layer=layer)) for layer in layers)
 
 
 _ALL = ATTACK_ORDER
@@ -81,29 +107,33 @@ for _spec in (
     TableSpec("1", "Avg, Worst and NSD of each method's student on CIFAR-10", "cifar10", _ALL, _AWN, _method_rows()),
     TableSpec("2", "Avg, Worst-10% and NSD of each method's student on CIFAR-100", "cifar100", _ALL, _AWN, _method_rows()),
     TableSpec("3", "Ablation of FERD's components", None, ("clean", "pgd20"), ("avg", "worst"), (
-        RowSpec("ferd", "FERD", "ferd", {"reweight": True, "fae": True, "utae": True}),
-        RowSpec("no-reweight", "w/o reweighting", "ferd", {"reweight": False, "fae": True, "utae": True}),
-        RowSpec("no-fae", "w/o FAEs", "ferd", {"reweight": True, "fae": False, "utae": True}),
-        RowSpec("no-utae", "w/o UTAEs", "ferd", {"reweight": True, "fae": True, "utae": False}),
-        RowSpec("no-fae-utae", "w/o FAEs, UTAEs", "ferd", {"reweight": True, "fae": False, "utae": False}),
+        RowSpec("ferd", "FERD", "ferd", _ferd(reweight=True, fae=True, utae=True)),
+        RowSpec("no-reweight", "w/o reweighting", "ferd", _ferd(reweight=False, fae=True, utae=True)),
+        RowSpec("no-fae", "w/o FAEs", "ferd", _ferd(reweight=True, fae=False, utae=True)),
+        RowSpec("no-utae", "w/o UTAEs", "ferd", _ferd(reweight=True, fae=True, utae=False)),
+        RowSpec("no-fae-utae", "w/o FAEs, UTAEs", "ferd", _ferd(reweight=True, fae=False, utae=False)),
     )),
     TableSpec("5", "Avg, Worst-10% and NSD on Tiny-ImageNet", "tinyimagenet", _ALL, _AWN,
               _method_rows(("cmi", "deepinv", "fast", "dfhl", "ferd")), published_by_student=False),
     TableSpec("6", "FERD's reweighting strategies", None, ("clean", "fgsm", "pgd20"), _AWN, tuple(
-        RowSpec(s, label, "ferd", {"reweight_strategy": s}) for s, label in (
+        RowSpec(s, label, "ferd", _ferd(reweight_strategy=s)) for s, label in (
             ("power", "power"), ("sigmoid", "sigmoid"), ("linear", "linear"), ("tanh", "tanh"),
             ("margin-softmax", "FERD (margin softmax)")))),
     TableSpec("7", "FERD's generator loss weights (lambda_adv-bn-oh-uni)", None, _ALL, _AWN, tuple(
         RowSpec(f"{a}-{b}-{o}-{u}", f"{a}-{b}-{o}-{u}", "ferd",
-                {"lambda_adv": float(a), "lambda_bn": float(b), "lambda_oh": float(o), "lambda_uni": float(u)})
+                _ferd(lambda_adv=float(a), lambda_bn=float(b), lambda_oh=float(o), lambda_uni=float(u)))
         for a, b, o, u in ((1, 1, 1, 1), (5, 1, 1, 1), (1, 5, 1, 1), (1, 1, 5, 1), (1, 1, 1, 5), (1, 3, 1, 3),
                            (1, 5, 1, 5), (1, 7, 1, 7), (1, 9, 1, 9)))),
     TableSpec("8", "DFKD and the same method made robust with RSLAD (change in parentheses)", None, _ALL, ("avg",),
               _rslad_rows(), mark_best=False),
     TableSpec("9", "FERD's intermediate layer l", None, ("clean", "fgsm", "pgd20"), ("avg", "worst"), _layer_rows),
+    # not a paper table: every method / variant / --set combination found, side by side
+    TableSpec("variants", "Each method, variant and changed setting found in the results", None, _ALL, _AWN,
+              _variant_rows, published_by_student=False),
 ):
     TABLES.register(_spec.number, help=_spec.caption)(_spec)
 TABLE_NUMBERS = ("1", "2", "3", "4", "5", "6", "7", "8", "9")
+EXTRA_TABLES = ("variants", "runs")  # not among the paper's tables (and not in `all`)
 
 
 # ---------------------------------------------------------------------------------------------
