@@ -154,7 +154,7 @@ _NVLABS = {"di_beta1": 0.9, "di_beta2": 0.999, "r_feature": 10.0, "tv_l2": 2.5e-
 
 @register_method("deepinv")
 class DeepInversion(RobustKDMethod):
-    summary = "DeepInversion: pixels optimised on CE + BN statistics + image priors (Yin et al. 2020), RSLAD student"
+    summary = "DeepInversion as FERD ran it (Fast-Datafree: pixels on CE + BN statistics + student competition), RSLAD student"
     paper = "Dreaming to Distill: Data-free Knowledge Transfer via DeepInversion, CVPR 2020"
     defaults: Dict[str, Any] = {
         **RSLAD_DEFAULTS,
