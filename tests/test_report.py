@@ -244,3 +244,12 @@ def test_ferd_rows_hold_only_the_default_reading_and_variants_table_lists_every_
     assert rows["FERD (variant=paper-literal)"].cells[("pgd20", "avg")].mean == 0.0
     out = CliRunner().invoke(main, ["table", "--table", "variants", "--results", str(results)])
     assert out.exit_code == 0 and "FERD (variant=paper-literal)" in out.output
+
+
+def test_an_undefined_nsd_is_not_counted_as_a_missing_run(results):
+    write_result(_result("ferd", seed=0, pgd=[0] * 10, variant="paper-literal", overrides={"variant": "paper-literal"},
+                         config={"utae_on": "teacher"}), results / "lit" / "result.json")
+    table = build_tables("variants", results, attacks=["clean", "pgd20"])[0]
+    assert table.undefined == 1 and table.missing == 0
+    text = render([table])
+    assert "NSD cell undefined" in text and "without a result" not in text

@@ -161,7 +161,13 @@ class BuiltTable:
 
     @property
     def missing(self) -> int:
-        return sum(1 for _, rows in self.blocks for r in rows for c in self.columns if r.cells[c].mean is None)
+        """Cells of rows without any run (a row with runs can still have an undefined NSD: `undefined`)."""
+        return sum(1 for _, rows in self.blocks for r in rows for c in self.columns if r.cells[c].mean is None and not r.seeds)
+
+    @property
+    def undefined(self) -> int:
+        """Cells whose runs exist but whose metric is undefined (NSD of a student at 0 % accuracy)."""
+        return sum(1 for _, rows in self.blocks for r in rows for c in self.columns if r.cells[c].mean is None and r.seeds)
 
 
 def load_published(path: Union[str, Path] = PUBLISHED_PATH) -> Dict[str, Any]:
@@ -303,6 +309,9 @@ def _notes(table: BuiltTable, setup: Setup, runs: List[Run], paper: bool, ci: bo
         notes.append(f"[published; ours − published] from {src}. The paper used a WRN-34-10 teacher, ResNet-18 / "
                      f"MobileNet-V2 students and 220 epochs; a CPU-scale row is put beside the paper's row of the "
                      f"same student family, so only orderings, not values, are comparable.")
+    if table.undefined:
+        notes.append(f"–: {table.undefined} NSD cell{'s' if table.undefined != 1 else ''} undefined "
+                     f"(the student's mean accuracy is 0, so std / mean has no value).")
     missing = table.missing
     if missing:
         notes.append(f"–: {missing} cell{'s' if missing != 1 else ''} without a result (run them with "
