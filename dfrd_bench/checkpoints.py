@@ -11,13 +11,14 @@ from typing import Any, Dict, Optional, Union
 
 import torch
 
+from .errors import DfrdError, first_line
 from .models import Classifier, build_model
 from .utils import atomic_torch_save
 
 FORMAT = "dfrd-bench-model/1"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(DfrdError, RuntimeError):
     pass
 
 
@@ -49,11 +50,15 @@ def read_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder, not a file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): re-download or re-create it")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(
-            f"cannot read checkpoint {path} ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
+            f"cannot read checkpoint {path} ({first_line(exc, 120)}); "
             "it is corrupt, truncated or holds code: re-download or re-create it"
         ) from None
 

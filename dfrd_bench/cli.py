@@ -10,32 +10,25 @@ from typing import Any, Callable, Dict, Optional
 
 import click
 
-from .registry import RegistryError
-
-# Errors a user can fix; they are reported as one line instead of a traceback.
-def _user_errors():
-    from .checkpoints import CheckpointError
-    from .config import ConfigError
-    from .data import DataError
-    from .runner import RunError
-    from .evaluate import EvaluationError
-    from .store import ResultError
-    from .teachers import TeacherError
-
-    return (ConfigError, RunError, DataError, TeacherError, CheckpointError, RegistryError, EvaluationError, ResultError,
-            ValueError, KeyError, FloatingPointError, FileNotFoundError)
-
 
 def friendly(fn: Callable) -> Callable:
+    """Report the project's own errors (and a bad path's OS errors) as one line; anything else is a
+    bug and keeps its traceback. `dfrd-bench --debug` or DFRD_DEBUG=1 shows every traceback."""
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from .errors import INPUT_OS_ERRORS, DfrdError, debug_enabled
+
         try:
             return fn(*args, **kwargs)
         except click.ClickException:
             raise
-        except _user_errors() as exc:
-            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-            raise click.ClickException(str(msg)) from None
+        except (DfrdError,) + INPUT_OS_ERRORS as exc:
+            if debug_enabled():
+                raise
+            if isinstance(exc, OSError) and exc.filename:
+                raise click.ClickException(f"{exc.strerror or exc}: {exc.filename}") from None
+            raise click.ClickException(str(exc)) from None
 
     return wrapper
 
@@ -69,8 +62,13 @@ def with_options(options):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dfrd-bench")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="show the full traceback of every error (also DFRD_DEBUG=1)")
+def main(debug: bool = False) -> None:
     """dfrd-bench: data-free robustness distillation, evaluated per class."""
+    if debug:
+        import os
+
+        os.environ["DFRD_DEBUG"] = "1"
 
 
 # ---------------------------------------------------------------------------------------------- list
@@ -186,7 +184,17 @@ def eval_cmd(model_spec, arch, model_dir, dataset, source, data_root, limit, eps
     from .store import write_result
     from .teachers import describe_spec, load_teacher
 
+    from .store import check_writable
+
     attacks = ",".join(parse_attacks(attacks))
+    for name, value in (("--limit", limit), ("--aa-limit", aa_limit), ("--pgd-steps", pgd_steps),
+                        ("--cw-steps", cw_steps), ("--batch-size", batch_size)):
+        if value is not None and value < 1:
+            raise click.BadParameter(f"must be at least 1, got {value}", param_hint=name)
+    if not 0 < eps <= 1:
+        raise click.BadParameter(f"must be in (0, 1], got {eps:g} (images are in [0, 1]: write 8/255)", param_hint="--eps")
+    if out:
+        check_writable(out)  # before the evaluation, so that a read-only --out loses no work
     model = load_teacher(model_spec, dataset, arch=arch, model_dir=model_dir)
     result = run_evaluation(model, describe_spec(model_spec), dataset, source, data_root, limit, attacks, eps, seed,
                             device, batch_size, aa_limit, pgd_steps=pgd_steps, cw_steps=cw_steps)
@@ -312,10 +320,15 @@ def sweep_cmd(sweep_file, methods, datasets, students, seeds, grids, sets, prese
 @click.option("--out", default=None, help="write to this file instead of printing")
 @click.option("--into", default=None, metavar="FILE",
               help="replace the block between <!-- tables:start --> and <!-- tables:end --> in FILE")
+@click.option("--strict", is_flag=True, help="exit with status 1 when a result file could not be read")
 @friendly
-def table_cmd(which, attacks, fmt, results, paper, ci, out, into) -> None:
-    """The paper's tables rebuilt from the result JSONs under --results."""
+def table_cmd(which, attacks, fmt, results, paper, ci, out, into, strict) -> None:
+    """The paper's tables rebuilt from the result JSONs under --results.
+
+    Every file that should be a result and could not be read is listed under the tables (and on
+    stderr); with --strict the command then exits with status 1."""
     from .evaluate import parse_attacks
+    from .report.collect import unreadable_results
     from .report.tables import EXTRA_TABLES, TABLE_NUMBERS, build_tables, render, run_list
     from .utils import atomic_write_bytes, replace_between_markers
 
@@ -342,6 +355,13 @@ def table_cmd(which, attacks, fmt, results, paper, ci, out, into) -> None:
         note = (f"No runs under {', '.join(results)} for table{'s' if len(empty) > 1 else ''} {', '.join(empty)} "
                 f"(pass --paper to show the published numbers alone).")
         parts.append(note if fmt == "markdown" else f"% {note}")
+    problems = unreadable_results(list(results))
+    if problems:
+        lines = [f"Not in these tables: {len(problems)} result file{'s' if len(problems) != 1 else ''} could not be read:"]
+        lines += [f"- {path}: {reason}" for path, reason in problems]
+        parts.append("\n".join(lines) if fmt == "markdown" else "\n".join(f"% {line}" for line in lines))
+        for path, reason in problems:
+            click.echo(f"warning: could not read {path}: {reason}", err=True)
     text = "\n".join(parts)
     if into:
         replace_between_markers(into, "tables", text)
@@ -351,6 +371,8 @@ def table_cmd(which, attacks, fmt, results, paper, ci, out, into) -> None:
         click.echo(f"wrote {out}")
     else:
         click.echo(text)
+    if strict and problems:
+        sys.exit(1)
 
 
 # ---------------------------------------------------------------------------------------------- plot

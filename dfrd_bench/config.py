@@ -10,11 +10,14 @@ The result is one flat, frozen, JSON-serialisable mapping stored in every result
 from __future__ import annotations
 
 import difflib
+import math
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Dict, Iterable, Mapping, Optional
 
 import yaml
 
+from .errors import DfrdError
 from .utils import parse_fraction
 
 PRESET_NAMES = ("paper", "quick", "smoke")
@@ -81,8 +84,66 @@ RUNNER_PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(DfrdError, ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric setting may take; `None` is allowed only where the default is None."""
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False        # low itself is not allowed
+    integer: bool = False
+    hint: str = ""
+
+    def check(self, key: str, value: Any, nullable: bool) -> None:
+        if value is None:
+            if nullable:
+                return
+            raise ConfigError(f"{key} needs a value")
+        kind = "a whole number" if self.integer else "a number"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (self.integer and not float(value).is_integer()):
+            raise ConfigError(f"{key} takes {kind}{' or null' if nullable else ''}, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} must be finite, got {value!r}")
+        too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        too_high = self.high is not None and value > self.high
+        if too_low or too_high:
+            lo = "" if self.low is None else f"{'>' if self.low_open else '>='} {self.low:g}"
+            hi = "" if self.high is None else f"<= {self.high:g}"
+            span = " and ".join(t for t in (lo, hi) if t)
+            raise ConfigError(f"{key} must be {span}, got {value!r}{self.hint}")
+
+
+def count(low: int = 1) -> Range:
+    return Range(low, integer=True)
+
+
+# The runner's settings; a method adds its own with `Method.ranges`. Every float setting must also be
+# finite, every whole-number setting whole (checked from the defaults' types).
+RUNNER_RANGES: Dict[str, Range] = {
+    "epochs": count(), "student_iters": count(), "gen_iters": count(0), "batch_size": count(),
+    "synthesis_batch_size": count(), "eval_batch_size": count(), "warmup_epochs": count(0),
+    "checkpoint_every_epochs": count(), "log_every_epochs": count(), "pool_max": count(),
+    "eval_limit": count(), "aa_limit": count(),
+    "eps": Range(0.0, 1.0, low_open=True, hint=" (images are in [0, 1]: write 8/255, not 8)"),
+    "student_lr": Range(0.0, low_open=True), "student_momentum": Range(0.0, 1.0),
+    "student_weight_decay": Range(0.0),
+}
+
+
+def validate(values: Mapping[str, Any], defaults: Mapping[str, Any], ranges: Mapping[str, Range]) -> None:
+    """Every setting in its range, every float finite, warm-up shorter than the run; one line per error."""
+    for key, value in values.items():
+        if key in ranges:
+            ranges[key].check(key, value, nullable=defaults.get(key) is None)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key} must be finite, got {value!r}")
+    if values["warmup_epochs"] >= values["epochs"]:
+        raise ConfigError(f"warmup_epochs ({values['warmup_epochs']}) must be below epochs ({values['epochs']}): "
+                          "the student would never train")
 
 
 class Config(Mapping[str, Any]):
@@ -138,8 +199,13 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
                 raise ConfigError(f"{key}: {exc}") from None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-    if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float) and value.is_integer():
-        return int(value)
+    if isinstance(default, int) and not isinstance(default, bool):
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{key} takes a whole number, got {value!r}")
+    if isinstance(default, str) and not isinstance(value, str):
+        raise ConfigError(f"{key} takes a name (text), got {value!r}")
     return value
 
 
@@ -182,6 +248,8 @@ def resolve_config(method_cls: Any, dataset: str, preset: str, overrides: Option
     if values["student_schedule"] not in STUDENT_SCHEDULES:
         raise ConfigError(f"student_schedule must be one of {', '.join(STUDENT_SCHEDULES)}, "
                           f"got {values['student_schedule']!r}")
+    defaults = {**RUNNER_DEFAULTS, **method_defaults}
+    validate(values, defaults, {**RUNNER_RANGES, **getattr(method_cls, "ranges", {})})
     return Config(values)
 
 

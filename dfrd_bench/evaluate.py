@@ -15,10 +15,11 @@ from __future__ import annotations
 import contextlib
 import time
 import zlib
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from .errors import DfrdError
 from .attacks import ATTACK_ORDER, ATTACKS, AttackSettings
 from .data import ImageSet
 from .metrics import summarize
@@ -27,14 +28,18 @@ from .utils import pick_device, progress
 PROJECTION_TOLERANCE = 1e-5
 
 
-class EvaluationError(RuntimeError):
+class EvaluationError(DfrdError, RuntimeError):
     pass
 
 
 def parse_attacks(text: str | Sequence[str]) -> List[str]:
     """'all' or a comma list -> attack names in canonical order; unknown names fail with a hint."""
+    if text is None:
+        text = ""
     names = list(ATTACK_ORDER) if text in ("all", ["all"]) else (
         [t.strip() for t in text.split(",") if t.strip()] if isinstance(text, str) else list(text))
+    if not names:
+        raise EvaluationError(f"no attack given: pass a comma list of {', '.join(ATTACK_ORDER)} or all")
     for n in names:
         ATTACKS.get(n)  # raises with suggestions
     return [n for n in ATTACK_ORDER if n in names] + [n for n in names if n not in ATTACK_ORDER]
@@ -83,6 +88,25 @@ def _attack_seed(seed: int, name: str) -> int:
     return (int(seed) * 1_000_003 + zlib.crc32(name.encode())) % (2**31)
 
 
+def non_finite_parameters(model: torch.nn.Module) -> Tuple[int, int]:
+    """(non-finite entries, all entries) over a model's parameters and floating-point buffers."""
+    bad = total = 0
+    for t in list(model.parameters()) + [b for b in model.buffers() if b.is_floating_point()]:
+        bad += int((~torch.isfinite(t.detach())).sum())
+        total += t.numel()
+    return bad, total
+
+
+def check_finite_model(model: torch.nn.Module, what: str = "the model") -> None:
+    """Refuse a model with NaN or infinite weights: it would 'evaluate' to chance-level numbers."""
+    bad, total = non_finite_parameters(model)
+    if bad:
+        from .errors import DivergenceError
+
+        raise DivergenceError(f"{what} has {bad:,} non-finite weights of {total:,}: it diverged or the checkpoint is "
+                              "corrupt, so no result is written (retrain with a lower learning rate)")
+
+
 def evaluate(
     model: torch.nn.Module,
     data: ImageSet,
@@ -105,6 +129,12 @@ def evaluate(
     num_classes = data.num_classes
     if getattr(model, "num_classes", num_classes) != num_classes:
         raise EvaluationError(f"the model has {model.num_classes} classes but the data has {num_classes}")
+    check_finite_model(model)
+    if len(data) == 0:
+        raise EvaluationError("the evaluation data holds no image: check --source / --limit")
+    for name, n in (attack_limits or {}).items():
+        if n is not None and n < 1:
+            raise EvaluationError(f"the {name} subset must hold at least 1 image, got {n}")
     attack_limits = attack_limits or {}
     results: Dict[str, Any] = {}
     x_all, y_all = data.tensors()

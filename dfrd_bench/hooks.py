@@ -10,6 +10,7 @@ from typing import Iterator, List, Optional
 
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
+from .errors import InputError
 
 
 class BNStatistics:
@@ -64,7 +65,7 @@ def bn_statistics_loss(model: torch.nn.Module, momentum: Optional[float] = None,
     """Collect BN-statistics terms of forward passes inside the block; hooks removed on exit."""
     layers = model.bn_layers() if hasattr(model, "bn_layers") else [m for m in model.modules() if isinstance(m, _BatchNorm)]
     if not layers:
-        raise ValueError(f"{getattr(model, 'arch', type(model).__name__)} has no BatchNorm layer: "
+        raise InputError(f"{getattr(model, 'arch', type(model).__name__)} has no BatchNorm layer: "
                          "a BN-statistics loss needs a teacher with BatchNorm")
     stats = state or BNStatistics(layers, momentum)
     handles = [layer.register_forward_hook(stats._hook) for layer in layers]

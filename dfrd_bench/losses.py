@@ -5,6 +5,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from .errors import InputError
 
 
 def kl_div(p_logits_or_probs: torch.Tensor, q_logits: torch.Tensor, temperature: float = 1.0,
@@ -68,7 +69,7 @@ def attention_transfer(student_acts, teacher_acts) -> torch.Tensor:
     s_by, t_by = last_per_size(student_acts), last_per_size(teacher_acts)
     shared = [k for k in s_by if k in t_by]
     if not shared:
-        raise ValueError("no student and teacher stages share a spatial size: attention transfer cannot pair them")
+        raise InputError("no student and teacher stages share a spatial size: attention transfer cannot pair them")
     return sum((attention_map(s_by[k]) - attention_map(t_by[k])).pow(2).mean() for k in shared)
 
 

@@ -98,6 +98,9 @@ class Method:
     # Runner settings whose default differs for this method, e.g. {"student_augment": True} where
     # the method's reference augments its student batches. Presets and --set still override them.
     runner_defaults: ClassVar[Dict[str, Any]] = {}
+    # Allowed values of the method's numeric settings (dfrd_bench.config.Range), checked when the
+    # settings are resolved, before anything runs; every float setting must also be finite.
+    ranges: ClassVar[Dict[str, Any]] = {}
     presets: ClassVar[Dict[str, Dict[str, Dict[str, Any]]]] = {}
     variants: ClassVar[Dict[str, Dict[str, Any]]] = {}
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 import difflib
 from typing import Callable, Dict, Generic, Iterator, List, Optional, TypeVar
 
+from .errors import DfrdError
+
 T = TypeVar("T")
 
 
-class RegistryError(KeyError):
+class RegistryError(DfrdError, KeyError):
     """Unknown or duplicate name in a registry (message is one actionable line)."""
 
     def __str__(self) -> str:  # KeyError quotes its message; we want it plain

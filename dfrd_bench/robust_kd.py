@@ -14,8 +14,12 @@ import torch
 import torch.nn.functional as F
 
 from .attacks import kl_objective, sign_ascent
+from .config import Range, count
 from .losses import kl_div, rslad_student_loss
 from .method import Batch, Method, MethodContext
+
+RSLAD_RANGES = {"rslad_steps": count(1), "rslad_step": Range(0.0, 1.0, low_open=True),
+                "rslad_w_adv": Range(0.0), "rslad_w_clean": Range(0.0), "kd_temperature": Range(0.0, low_open=True)}
 
 RSLAD_DEFAULTS: Dict[str, Any] = {
     "rslad": True, "rslad_steps": 10, "rslad_step": 2 / 255, "rslad_w_adv": 5 / 6, "rslad_w_clean": 1 / 6,
@@ -64,6 +68,7 @@ class RobustKDMethod(Method):
     """
 
     defaults = dict(RSLAD_DEFAULTS)
+    ranges = dict(RSLAD_RANGES)
 
     def student_loss(self, ctx: MethodContext, batch: Batch):
         return robust_kd_loss(ctx, batch.x)

@@ -11,15 +11,17 @@ uninterrupted run. The result is always the final student: no checkpoint is chos
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
@@ -29,20 +31,22 @@ from .checkpoints import save_model, sha256_file
 from .augment import random_crop_flip
 from .config import STUDENT_SCHEDULES, Config, resolve_config, student_steps
 from .data import get_dataset_spec, load_split
-from .evaluate import evaluate, parse_attacks
+from .errors import DfrdError, DivergenceError, first_line
+from .evaluate import evaluate, non_finite_parameters, parse_attacks
 from .method import Batch, MethodContext, get_method
 from .models import build_model, count_parameters
 from .pool import SamplePool
 from .provenance import provenance
-from .store import write_result
+from .store import read_result, write_result
 from .teachers import describe_spec, load_teacher
 from .utils import atomic_torch_save, pick_device, progress, seed_everything
 
 STATE_FILE = "state.pt"
 RESULT_FILE = "result.json"
+LOCK_FILE = ".lock"
 
 
-class RunError(RuntimeError):
+class RunError(DfrdError, RuntimeError):
     pass
 
 
@@ -139,26 +143,113 @@ def _to_float(v: Any) -> Any:
     return v
 
 
+@contextlib.contextmanager
+def run_folder_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the run folder for the life of the run (filelock), so that a second
+    run on the same folder fails at once instead of overwriting the first one's files. Temporaries
+    left by a killed run are removed once the lock is held. A folder this call created and that holds
+    nothing but the lock when the run fails is removed again."""
+    from filelock import FileLock, Timeout
+
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(run_dir / LOCK_FILE))
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise RunError(f"another dfrd-bench run is using {run_dir} (it holds {run_dir / LOCK_FILE}): wait for it "
+                       "to finish, or pass another --name / --out") from None
+    except OSError as exc:
+        raise RunError(f"cannot write to {run_dir} ({exc.strerror or exc}): pass an --out you can write to") from None
+    try:
+        for stale in run_dir.glob(".*.tmp"):  # a write cut short by kill -9 (atomic writes use .<name>.*.tmp)
+            stale.unlink(missing_ok=True)
+        yield
+    finally:
+        lock.release()
+        if created and all(p.name == LOCK_FILE for p in run_dir.iterdir()):
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """sha256 of a model's state (names, shapes and values): who the teacher really is, whatever its spec."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _load_state(state_path: Path) -> Dict[str, Any]:
+    try:
+        return torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, empty or foreign files raise zip / pickle / runtime errors
+        raise RunError(f"{state_path} cannot be read ({first_line(exc, 120)}): it was cut short or is not a "
+                       "dfrd-bench state; delete it to start the run over") from None
+
+
+def _check_same_run(state: Dict[str, Any], state_path: Path, cfg: Config, identity: Dict[str, Any],
+                    log: Callable[[str], None]) -> None:
+    """Resume only the run that wrote the state: same settings, seed, teacher weights and test data."""
+    stored = json.loads(state["config"])
+    current = json.loads(json.dumps(cfg.to_dict(), default=str))
+    changed = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
+    if changed:
+        shown = ", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in changed[:4])
+        raise RunError(f"{state_path} was written with other settings ({shown}); resume with the same command")
+    if "identity" not in state:
+        log(f"warning: {state_path} predates identity checks; seed, teacher and data are not verified")
+        return
+    old = state["identity"]
+    differs = [f"{k}: {old.get(k)!r} in the state, {identity[k]!r} now" for k in identity if old.get(k) != identity[k]]
+    if differs:
+        raise RunError(f"{state_path} belongs to another run ({'; '.join(differs)}): resume with the same seed, "
+                       "teacher file and test data, or pass another --name / --out")
+
+
+def _check_student(student: torch.nn.Module, last_loss: torch.Tensor, means: Dict[str, float], method: str,
+                   epoch: int) -> None:
+    """After every epoch: a non-finite weight, last-step loss or epoch mean ends the run before any
+    checkpoint or evaluation can keep a diverged student (a finite mean can hide NaN weights)."""
+    bad, total = non_finite_parameters(student)
+    finite_loss = bool(torch.isfinite(last_loss)) and all(math.isfinite(v) for v in means.values())
+    if bad or not finite_loss:
+        what = f"{bad:,} of {total:,} weights are non-finite" if bad else f"the loss is non-finite ({float(last_loss):.3g})"
+        raise DivergenceError(f"{method}: the student diverged in epoch {epoch} ({what}); nothing was saved from this "
+                              "epoch: lower student_lr with --set, or check the teacher")
+
+
 def run(req: RunRequest, log: Callable[[str], None] = print,
         after_epoch: Optional[Callable[[int], None]] = None) -> Dict[str, Any]:
     """Run one method end to end and return its result (also written to <out>/<run>/result.json)."""
     method_cls = get_method(req.method)
     cfg = resolve_config(method_cls, req.dataset, req.preset, req.overrides)
-    spec = get_dataset_spec(req.dataset)
     if not cfg.teacher:
         raise RunError(f"preset {req.preset} has no teacher for {req.dataset}: pass --teacher SPEC")
+    parse_attacks(cfg.attacks)  # a bad attack list fails now, not after training
+    device = pick_device(req.device)
     run_dir = Path(req.out) / (req.run_name or run_name_for(req, cfg))
+    result_path = run_dir / RESULT_FILE
+    if result_path.exists() and req.resume:
+        log(f"{run_dir} is already finished")
+        return read_result(result_path)
+    with run_folder_lock(run_dir):
+        return _run_locked(req, cfg, method_cls, run_dir, device, log, after_epoch)
+
+
+def _run_locked(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, device: torch.device,
+                log: Callable[[str], None], after_epoch: Optional[Callable[[int], None]]) -> Dict[str, Any]:
+    spec = get_dataset_spec(req.dataset)
     state_path, result_path = run_dir / STATE_FILE, run_dir / RESULT_FILE
     if result_path.exists():
-        if req.resume:
-            log(f"{run_dir} is already finished")
-            return json.loads(result_path.read_text())
         raise RunError(f"{run_dir} already holds a finished result; pass another --out or remove it")
     if state_path.exists() and not req.resume:
         raise RunError(f"{run_dir} holds an unfinished run: pass --resume to continue it, or another --out")
+    if req.resume and not state_path.exists():
+        log(f"no checkpoint in {run_dir}: starting fresh")
     attacks = ",".join(parse_attacks(cfg.attacks))
 
-    device = pick_device(req.device)
     rank = int(os.environ.get("RANK", 0))
     rng = seed_everything(req.seed, rank)
     # Load everything that can fail before any training: teacher, student, test data.
@@ -179,10 +270,11 @@ def run(req: RunRequest, log: Callable[[str], None] = print,
                           weight_decay=cfg.student_weight_decay)
     history: List[Dict[str, Any]] = []
     start_epoch, train_seconds = 0, 0.0
+    identity = {"method": req.method, "seed": req.seed, "teacher_weights_sha256": weights_sha256(teacher),
+                "test_data_sha256": test.source.get("sha256")}
     if req.resume and state_path.exists():
-        st = torch.load(state_path, map_location="cpu", weights_only=True)
-        if json.loads(st["config"]) != json.loads(json.dumps(cfg.to_dict(), default=str)):
-            raise RunError(f"{state_path} was written with other settings; resume with the same command")
+        st = _load_state(state_path)
+        _check_same_run(st, state_path, cfg, identity, log)
         student.net.load_state_dict(st["student"])
         opt.load_state_dict(st["opt"])
         method.load_state_dict(st["method"])
@@ -190,7 +282,6 @@ def run(req: RunRequest, log: Callable[[str], None] = print,
         _restore_rng(ctx, st["rng"])
         history, start_epoch, train_seconds = json.loads(st["history"]), st["epoch"], st["train_seconds"]
         log(f"resumed {run_dir} at epoch {start_epoch}/{cfg.epochs}")
-    run_dir.mkdir(parents=True, exist_ok=True)
     log(f"{req.method} on {req.dataset} [{req.preset}]: teacher {cfg.teacher}, student {cfg.student} "
         f"({count_parameters(student) / 1e6:.2f}M), {cfg.epochs} epochs -> {run_dir}")
 
@@ -218,9 +309,7 @@ def run(req: RunRequest, log: Callable[[str], None] = print,
                 for k, v in {"loss": loss, **logs}.items():
                     sums[k] = sums.get(k, 0) + v.detach().float()
             means = {k: float(v) / max(1, cfg.student_iters) for k, v in sums.items()}
-            if not all(math.isfinite(v) for v in means.values()):
-                raise FloatingPointError(f"{req.method}: non-finite student loss in epoch {epoch + 1} ({means}); "
-                                         "lower student_lr with --set, or check the teacher")
+            _check_student(student, loss.detach(), means, req.method, epoch + 1)
             record.update({f"student/{k}": v for k, v in means.items()})
         if teacher.training or any(p.requires_grad for p in teacher.parameters()):
             raise RunError(f"{req.method} left the teacher in train mode or unfrozen: teachers stay frozen in eval mode")
@@ -235,7 +324,7 @@ def run(req: RunRequest, log: Callable[[str], None] = print,
             atomic_torch_save({
                 "config": json.dumps(cfg.to_dict(), default=str), "student": student.net.state_dict(),
                 "opt": opt.state_dict(), "method": method.state_dict(), "pool": pool.state_dict(),
-                "rng": _rng_states(ctx), "history": json.dumps(history), "epoch": epoch + 1,
+                "rng": _rng_states(ctx), "history": json.dumps(history), "epoch": epoch + 1, "identity": identity,
                 "train_seconds": train_seconds,
             }, state_path)
         if after_epoch is not None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Union
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
+from .errors import DfrdError
 from .utils import atomic_write_json
 
 SCHEMA = "dfrd-bench-result/1"
@@ -20,7 +21,7 @@ REQUIRED = ("schema", "kind", "dataset", "data_source", "model", "attacks", "pro
 ATTACK_KEYS = ("avg", "worst", "worst10", "nsd", "per_class", "n")
 
 
-class ResultError(ValueError):
+class ResultError(DfrdError, ValueError):
     pass
 
 
@@ -37,31 +38,72 @@ def validate(result: Dict[str, Any]) -> None:
 
 
 def write_result(result: Dict[str, Any], path: Union[str, Path]) -> Path:
+    """Validate and write atomically. NaN or infinite numbers are refused (they are not JSON and mean
+    a number could not be computed): nothing is written then."""
     result = {"schema": SCHEMA, **result}
     validate(result)
     path = Path(path)
-    atomic_write_json(path, result)
+    try:
+        atomic_write_json(path, result, allow_nan=False)
+    except ValueError as exc:
+        raise ResultError(f"refusing to write {path}: the result holds a NaN or infinite number ({exc})") from None
     return path
+
+
+def check_writable(path: Union[str, Path]) -> None:
+    """Fail now, before any computing, if `path` cannot be written (a read-only --out loses no work)."""
+    import tempfile
+
+    folder = Path(path).expanduser().parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check.", delete=True):
+            pass
+    except OSError as exc:
+        raise ResultError(f"cannot write {path} ({exc.strerror or exc}): pass an --out you can write to") from None
 
 
 def read_result(path: Union[str, Path]) -> Dict[str, Any]:
     try:
         result = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ResultError(f"cannot read result {path}: {exc}") from None
+    if not isinstance(result, dict):
+        raise ResultError(f"cannot read result {path}: not a JSON object")
     validate(result)
     return result
 
 
-def iter_results(folder: Union[str, Path]) -> Iterable[Dict[str, Any]]:
+def scan_results(folder: Union[str, Path]) -> Tuple[List[Dict[str, Any]], List[Tuple[str, str]]]:
+    """(results, problems) under `folder`: every readable dfrd-bench result, and (path, reason) for
+    every file that should be one and is not: a .json that does not parse (truncated, empty), a
+    result.json of another format, or a result that fails validation. Other JSON files are ignored."""
+    results: List[Dict[str, Any]] = []
+    problems: List[Tuple[str, str]] = []
     for path in sorted(Path(folder).rglob("*.json")):
         try:
             data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            problems.append((str(path), f"{type(exc).__name__}: {exc}"))
             continue
-        if isinstance(data, dict) and data.get("schema") == SCHEMA:
-            data["_path"] = str(path)
-            yield data
+        is_result = isinstance(data, dict) and data.get("schema") == SCHEMA
+        if not is_result:
+            if path.name == "result.json":
+                problems.append((str(path), "not a dfrd-bench result (no schema dfrd-bench-result/1)"))
+            continue
+        try:
+            validate(data)
+        except ResultError as exc:
+            problems.append((str(path), str(exc)))
+            continue
+        data["_path"] = str(path)
+        results.append(data)
+    return results, problems
+
+
+def iter_results(folder: Union[str, Path]) -> Iterable[Dict[str, Any]]:
+    """Every readable result under `folder` (use scan_results to also learn which files were not)."""
+    yield from scan_results(folder)[0]
 
 
 def results_frame(folder: Union[str, Path]):

@@ -50,12 +50,18 @@ class PlannedRun:
 def load_sweep_file(path: str) -> Dict[str, Any]:
     """A sweep file (YAML or JSON) with the keys of SWEEP_KEYS; unknown keys fail with the list."""
     text = Path(path).read_text()
-    if path.endswith((".yaml", ".yml")):
-        import yaml
+    try:
+        if path.endswith((".yaml", ".yml")):
+            import yaml
 
-        data = yaml.safe_load(text) or {}
-    else:
-        data = json.loads(text)
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError, with the line and column
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        detail = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: not valid {'YAML' if path.endswith(('.yaml', '.yml')) else 'JSON'}{at} ({detail})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a sweep file is a mapping of {', '.join(SWEEP_KEYS)}")
     unknown = sorted(set(data) - set(SWEEP_KEYS))
@@ -120,9 +126,23 @@ def run_sweep(planned: Sequence[PlannedRun], log: Callable[[str], None] = print)
             run(p.request, log=log)
             ran += 1
         except Exception as exc:  # one failed point must not stop the others; reported at the end
-            failures.append(f"{p.run_dir}: {type(exc).__name__}: {exc}")
-            log(f"FAILED {p.run_dir}: {exc}")
+            log_path = _write_error_log(p.run_dir, exc)
+            failures.append(f"{p.run_dir}: {type(exc).__name__}: {exc} (traceback: {log_path})")
+            log(f"FAILED {p.run_dir}: {exc} (traceback: {log_path})")
     return ran, skipped, failures
+
+
+def _write_error_log(run_dir: Path, exc: BaseException) -> Path:
+    """The failing point's full traceback, in <run dir>/error.log (the sweep's own output keeps one line)."""
+    import traceback
+
+    path = Path(run_dir) / "error.log"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    except OSError:
+        pass
+    return path
 
 
 def command_line(p: PlannedRun, program: str = "dfrd-bench") -> str:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import InputError
 from .attacks import ce_objective, kl_objective, random_start, sign_ascent
 from .augment import random_crop_flip
 from .checkpoints import save_model
@@ -89,7 +90,7 @@ def _adversarial_loss(cfg: TeacherTrainConfig, model: Classifier, x: torch.Tenso
         x_adv = sign_ascent(ce_objective(model, y), x, cfg.eps, step, 1, start=random_start(x, 2 * cfg.eps, gen),
                             bounded=False)
     else:
-        raise ValueError(f"unknown teacher training method {cfg.method!r}; choose from {', '.join(METHODS)}")
+        raise InputError(f"unknown teacher training method {cfg.method!r}; choose from {', '.join(METHODS)}")
     return F.cross_entropy(model(x_adv), y)
 
 
@@ -100,7 +101,7 @@ def _lr_at(cfg: TeacherTrainConfig, progress_frac: float) -> float:
         return 0.5 * cfg.lr * (1 + math.cos(math.pi * progress_frac))
     if cfg.schedule == "piecewise":
         return cfg.lr * (0.1 if progress_frac >= 0.5 else 1.0) * (0.1 if progress_frac >= 0.75 else 1.0)
-    raise ValueError(f"unknown schedule {cfg.schedule!r}; choose onecycle, cosine or piecewise")
+    raise InputError(f"unknown schedule {cfg.schedule!r}; choose onecycle, cosine or piecewise")
 
 
 @torch.no_grad()
@@ -122,7 +123,7 @@ def _validate(cfg: TeacherTrainConfig, model: Classifier, xv: torch.Tensor, yv: 
 def train_teacher(cfg: TeacherTrainConfig, resume: bool = True, log=print) -> Dict[str, Any]:
     """Train (or resume) a robust teacher; writes <out>/teacher.pt and <out>/history.json."""
     if cfg.method not in METHODS:
-        raise ValueError(f"unknown teacher training method {cfg.method!r}; choose from {', '.join(METHODS)}")
+        raise InputError(f"unknown teacher training method {cfg.method!r}; choose from {', '.join(METHODS)}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
@@ -150,7 +151,7 @@ def train_teacher(cfg: TeacherTrainConfig, resume: bool = True, log=print) -> Di
     if resume and state_file.exists():
         st = torch.load(state_file, map_location="cpu", weights_only=True)
         if not _same_config(st["config"], _config_for_resume(cfg)):
-            raise ValueError(f"{state_file} was written with other settings; use a new --out or the same settings")
+            raise InputError(f"{state_file} was written with other settings; use a new --out or the same settings")
         model.net.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
         gen.set_state(st["gen"])

@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional
 import torch
 import torch.nn.functional as F
 
+from .errors import DfrdError
 from .checkpoints import CheckpointError, load_model, sha256_file
 from .data import get_dataset_spec
 from .models import Classifier, StagedNet
@@ -25,7 +26,7 @@ from .utils import cache_dir
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-class TeacherError(RuntimeError):
+class TeacherError(DfrdError, RuntimeError):
     pass
 
 
@@ -102,6 +103,12 @@ def load_robustbench(name: str, dataset: str, model_dir: Optional[str] = None) -
     expected = folder / dataset / "Linf" / f"{name}.pt"
     if not expected.exists() and os.environ.get("DFRD_OFFLINE", "") not in ("", "0"):
         raise TeacherError(f"robustbench:{name} is not in {folder} and DFRD_OFFLINE is set; put its checkpoint at {expected}")
+    if expected.exists():
+        # robustbench calls torch.load itself; read the file once with weights_only=True first, so a
+        # checkpoint that carries code is refused here whatever torch's default is.
+        from .checkpoints import read_checkpoint
+
+        read_checkpoint(expected)
     try:
         model = rb.utils.load_model(model_name=name, model_dir=str(folder), dataset=dataset, threat_model="Linf")
     except Exception as exc:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
 import numpy as np
+from .errors import InputError
 
 
 def cache_dir() -> Path:
@@ -40,8 +41,9 @@ def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
         raise
 
 
-def atomic_write_json(path: Union[str, Path], obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n").encode())
+def atomic_write_json(path: Union[str, Path], obj: Any, allow_nan: bool = True) -> None:
+    text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default, allow_nan=allow_nan)
+    atomic_write_bytes(path, (text + "\n").encode())
 
 
 def _json_default(obj: Any) -> Any:
@@ -96,8 +98,18 @@ def seed_everything(seed: int, rank: int = 0) -> "torch.Generator":  # noqa: F82
 def pick_device(device: Optional[str] = None) -> "torch.device":  # noqa: F821
     import torch
 
+    from .errors import DfrdError
+
     if device and device != "auto":
-        return torch.device(device)
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, ValueError):
+            raise DfrdError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise DfrdError(f"--device {device}: no CUDA GPU is available here; use --device cpu or auto")
+        if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DfrdError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s)")
+        return dev
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -109,7 +121,7 @@ def parse_fraction(text: Union[str, float, int]) -> float:
     try:
         return float(Fraction(text))
     except (ValueError, ZeroDivisionError):
-        raise ValueError(f"cannot read {text!r} as a number; use e.g. 8/255 or 0.031") from None
+        raise InputError(f"cannot read {text!r} as a number; use e.g. 8/255 or 0.031") from None
 
 
 def format_eps(eps: float) -> str:
@@ -127,6 +139,6 @@ def replace_between_markers(path: Union[str, Path], name: str, body: str) -> Non
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     text = path.read_text() if path.exists() else ""
     if start not in text or end not in text:
-        raise ValueError(f"{path} lacks the markers {start} ... {end}: add them where the generated text goes")
+        raise InputError(f"{path} lacks the markers {start} ... {end}: add them where the generated text goes")
     new = text[: text.index(start) + len(start)] + "\n" + body.rstrip("\n") + "\n" + text[text.index(end):]
     atomic_write_bytes(path, new.encode())

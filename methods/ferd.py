@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from dfrd_bench.attacks import ce_objective, cw_margin, kl_objective, sign_ascent
 from dfrd_bench.augment import random_crop_flip
-from dfrd_bench.config import ConfigError
+from dfrd_bench.config import ConfigError, Range, count
 from dfrd_bench.generators import Generator
 from dfrd_bench.hooks import bn_statistics_loss
 from dfrd_bench.losses import kl_div, kl_uniform, soft_cross_entropy
@@ -182,6 +182,14 @@ class FERD(Method):
         "lambda_1": 5 / 6, "lambda_2": 1 / 6,
     }
     runner_defaults = {"student_augment": True}  # the released distillation stage crops and flips every pool batch
+    ranges = {
+        "gamma": Range(0.0, 1.0), "utae_steps": count(1), "utae_step": Range(0.0, 1.0, low_open=True),
+        "lambda_1": Range(0.0), "lambda_2": Range(0.0), "lambda_adv": Range(0.0), "lambda_bn": Range(0.0),
+        "lambda_oh": Range(0.0), "lambda_uni": Range(0.0), "ib_steps": count(0), "ib_beta": Range(0.0),
+        "ib_lr": Range(0.0, low_open=True), "reweight_pgd_steps": count(1), "reweight_temperature": Range(0.0, low_open=True),
+        "gen_lr": Range(0.0, low_open=True), "lr_z": Range(0.0), "latent_dim": count(1), "gen_width": count(1),
+        "dkd_temperature": Range(0.0, low_open=True), "minmax_low": Range(0.0), "minmax_high": Range(0.0),
+    }
     presets = {
         "quick": {"*": {"ib_steps": 10, "reweight_pgd_steps": 10, "utae_steps": 5, "utae_step": 8 / 255 / 4}},
         "smoke": {"*": {"ib_steps": 2, "reweight_pgd_steps": 2, "utae_steps": 2}},

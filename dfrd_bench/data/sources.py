@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..errors import DfrdError, first_line
 from ..utils import atomic_write_bytes, cache_dir
 from .specs import DatasetSpec, get_dataset_spec
 
@@ -26,7 +27,7 @@ CACHE_VERSION = 1
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-class DataError(RuntimeError):
+class DataError(DfrdError, RuntimeError):
     """Missing or malformed data; the message says what to do."""
 
 
@@ -129,6 +130,7 @@ def load_split(
         if cached is not None:
             return cached
     x, y, names = _READERS[kind](spec, split, path)
+    _check_images(spec, x, y, path)
     _check_labels(spec, y, names, path)
     record = {
         "kind": kind,
@@ -150,8 +152,9 @@ def detect_source_kind(path: Path) -> str:
         if name.endswith(".npz"):
             return "npz"
         if name.endswith(".zip"):
-            with zipfile.ZipFile(path) as zf:
-                names = zf.namelist()
+            files = _Files(path)  # one clear error for a file that is not a zip
+            names = files.names()
+            files.close()
             if any(n.endswith("wnids.txt") for n in names):
                 return "tinyimagenet-zip"
             return "imagefolder-zip"
@@ -227,18 +230,52 @@ def _spec_names(spec: DatasetSpec) -> List[str]:
 
 
 def _read_npz(spec: DatasetSpec, split: str, path: Path) -> Arrays:
-    with np.load(path, allow_pickle=False) as data:
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as exc:  # not a zip, truncated, or an object array
+        raise DataError(f"{path} is not a readable .npz ({first_line(exc, 100)})") from None
+    with data:
         if "x" not in data or "y" not in data:
             raise DataError(f"{path} must hold arrays 'x' (uint8 N,H,W,3) and 'y' (labels); found {list(data)}")
-        x, y = data["x"], data["y"].astype(np.int64)
+        x, y = data["x"], data["y"]
+    size = spec.image_size
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3:
-        raise DataError(f"{path}: 'x' must be uint8 (N,H,W,3), got {x.dtype} {x.shape}")
+        raise DataError(f"{path}: 'x' must be uint8 (N,{size},{size},3), got {x.dtype} {x.shape}")
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        hint = " (one-hot? store y.argmax(1))" if y.ndim == 2 and y.shape[1] == spec.num_classes else ""
+        raise DataError(f"{path}: 'y' must be class indices of shape (N,), got {y.dtype} {y.shape}{hint}")
+    if len(x) != len(y):
+        raise DataError(f"{path}: 'x' holds {len(x)} images but 'y' {len(y)} labels; they must match")
     names = _spec_names(spec) or [f"class{i}" for i in range(spec.num_classes)]
-    return x, y, names
+    return x, y.astype(np.int64), names
 
 
-def _unpickle(blob: bytes) -> dict:
-    return pickle.loads(blob, encoding="bytes")
+class _CifarUnpickler(pickle.Unpickler):
+    """The official CIFAR batches are pickles, and a pickle can run code. This unpickler builds only
+    what the format holds (dicts, lists, bytes, numbers and numpy arrays) and refuses every other
+    global, so a crafted batch file fails to load instead of running."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"), ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing {module}.{name}: CIFAR batch files hold only arrays, lists and bytes")
+
+
+def _unpickle(blob: bytes, path: Path = Path("?")) -> dict:
+    try:
+        out = _CifarUnpickler(io.BytesIO(blob), encoding="bytes").load()
+    except Exception as exc:
+        raise DataError(f"{path} is not a CIFAR batch file ({first_line(exc, 120)}); re-extract the official "
+                        "archive") from None
+    if not isinstance(out, dict):
+        raise DataError(f"{path} is not a CIFAR batch file (it holds a {type(out).__name__}, not a dict)")
+    return out
 
 
 def _read_cifar_official(spec: DatasetSpec, split: str, path: Path) -> Arrays:
@@ -259,7 +296,7 @@ def _read_cifar_official(spec: DatasetSpec, split: str, path: Path) -> Arrays:
         fpath = folder / fname
         if not fpath.exists():
             raise DataError(f"{fpath} is missing from the official {spec.name} folder; re-extract the archive")
-        batch = _unpickle(fpath.read_bytes())
+        batch = _unpickle(fpath.read_bytes(), fpath)
         if label_key not in batch:
             raise DataError(f"{fpath} has no {label_key.decode()}: it is not a {spec.name} batch file")
         xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
@@ -267,14 +304,19 @@ def _read_cifar_official(spec: DatasetSpec, split: str, path: Path) -> Arrays:
     return np.ascontiguousarray(np.concatenate(xs)), np.concatenate(ys), _spec_names(spec)
 
 
-def _decode(blob: bytes, size: int) -> np.ndarray:
+def _decode(blob: bytes, size: int, name: str = "image") -> np.ndarray:
     from PIL import Image
 
-    with Image.open(io.BytesIO(blob)) as img:
-        img = img.convert("RGB")
-        if img.size != (size, size):
-            raise DataError(f"image of size {img.size} where {size}x{size} was expected")
-        return np.asarray(img, dtype=np.uint8)
+    try:
+        with Image.open(io.BytesIO(blob)) as img:
+            img = img.convert("RGB")
+            if img.size != (size, size):
+                raise DataError(f"{name} is {img.size[0]}x{img.size[1]} where {size}x{size} was expected; check --dataset")
+            return np.asarray(img, dtype=np.uint8)
+    except DataError:
+        raise
+    except Exception as exc:  # truncated or not an image at all
+        raise DataError(f"cannot decode {name} ({first_line(exc, 100)}): replace or remove the file") from None
 
 
 def _progress(items: Sequence, desc: str):
@@ -288,7 +330,10 @@ class _Files:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.zip = zipfile.ZipFile(path) if path.is_file() else None
+        try:
+            self.zip = zipfile.ZipFile(path) if path.is_file() else None
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise DataError(f"{path} is not a readable zip archive ({first_line(exc, 100)}): re-download it") from None
 
     def names(self) -> List[str]:
         if self.zip is not None:
@@ -329,7 +374,8 @@ def _read_imagefolder(spec: DatasetSpec, split: str, path: Path) -> Arrays:
                 f"(missing {missing}, unexpected {extra}); is this the right --dataset?"
             )
         ordered = [(c, n) for c_idx, c in enumerate(names) for n in sorted(by_class[c])]
-        x = np.stack([_decode(files.read(n), spec.image_size) for _, n in _progress(ordered, f"decode {spec.name}/{split}")])
+        x = np.stack([_decode(files.read(n), spec.image_size, f"{path}/{n}")
+                      for _, n in _progress(ordered, f"decode {spec.name}/{split}")])
         index = {c: i for i, c in enumerate(names)}
         y = np.asarray([index[c] for c, _ in ordered], dtype=np.int64)
         return x, y, names
@@ -392,6 +438,19 @@ _READERS = {
     "tinyimagenet-folder": _read_tinyimagenet,
     "tinyimagenet-zip": _read_tinyimagenet,
 }
+
+
+def _check_images(spec: DatasetSpec, x: np.ndarray, y: np.ndarray, path: Path) -> None:
+    """Images of the dataset's size, as many as labels, at least one: any other data would be
+    evaluated as the dataset and give numbers that look valid and are not."""
+    size = spec.image_size
+    if x.ndim != 4 or x.shape[1:] != (size, size, 3):
+        raise DataError(f"{path} holds images of shape {tuple(x.shape[1:])}, but {spec.name} images are "
+                        f"({size}, {size}, 3); check --dataset and --source")
+    if len(x) != len(y):
+        raise DataError(f"{path} holds {len(x)} images but {len(y)} labels")
+    if len(y) == 0:
+        raise DataError(f"{path} holds no image; pass a source with at least one")
 
 
 def _check_labels(spec: DatasetSpec, y: np.ndarray, names: List[str], path: Path) -> None:

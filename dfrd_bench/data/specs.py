@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
+from ..errors import UnknownName
 
 CIFAR10_CLASSES = [
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -111,7 +112,7 @@ def get_dataset_spec(name: str) -> DatasetSpec:
 
         close = difflib.get_close_matches(name, list(DATASETS), n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
-        raise KeyError(f"unknown dataset {name!r}{hint}; known: {', '.join(DATASETS)}")
+        raise UnknownName(f"unknown dataset {name!r}{hint}; known: {', '.join(DATASETS)}")
     return DATASETS[name]
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..errors import InputError
 from ..registry import Registry
 
 
@@ -69,11 +70,11 @@ class Classifier(nn.Module):
         layer = layer or self.feature_layer
         names = self.stage_names
         if layer is None or layer not in names:
-            raise ValueError(
+            raise InputError(
                 f"{self.arch} has no layer {layer!r} to split at; its stages are {', '.join(names) or 'none'}"
             )
         if layer == names[-1]:
-            raise ValueError(f"layer {layer!r} is the classifier head; pick a convolutional stage")
+            raise InputError(f"layer {layer!r} is the classifier head; pick a convolutional stage")
         return names.index(layer)
 
     def features(self, x: torch.Tensor, layer: Optional[str] = None) -> torch.Tensor:
@@ -144,9 +145,9 @@ def build_model(
         builder = MODELS.get(arch)
         info = MODEL_INFO[arch]
         if image_size not in info["image_sizes"]:
-            raise ValueError(f"{arch} is built for {info['image_sizes']} pixel images, not {image_size}")
+            raise InputError(f"{arch} is built for {info['image_sizes']} pixel images, not {image_size}")
         if info["num_classes"] is not None and info["num_classes"] != num_classes:
-            raise ValueError(f"{arch} has {info['num_classes']} classes, the dataset has {num_classes}")
+            raise InputError(f"{arch} has {info['num_classes']} classes, the dataset has {num_classes}")
         net = builder(num_classes, image_size)
     return Classifier(net, num_classes, mean, std, arch=arch)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import UnknownName
 from .base import StagedNet
 
 
@@ -22,6 +23,6 @@ def build_timm(name: str, num_classes: int) -> StagedNet:
     import timm
 
     if name not in timm.list_models():
-        raise ValueError(f"timm has no model {name!r}; see timm.list_models()")
+        raise UnknownName(f"timm has no model {name!r}; see timm.list_models()")
     # pretrained=False: nothing is downloaded; weights come from a checkpoint via --model.
     return TimmNet(timm.create_model(name, pretrained=False, num_classes=num_classes))

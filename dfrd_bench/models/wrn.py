@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InputError
 from .base import StagedNet, register_model
 
 
@@ -50,7 +51,7 @@ class WideResNet(StagedNet):
     def __init__(self, depth: int, widen: int, num_classes: int, drop_rate: float = 0.0) -> None:
         super().__init__()
         if (depth - 4) % 6:
-            raise ValueError(f"WideResNet depth must be 6n+4, got {depth}")
+            raise InputError(f"WideResNet depth must be 6n+4, got {depth}")
         n = (depth - 4) // 6
         widths = [16, 16 * widen, 32 * widen, 64 * widen]
         self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)

@@ -98,6 +98,14 @@ def _iter(folders: Folders) -> Iterable[Dict[str, Any]]:
         yield from iter_results(folder)
 
 
+def unreadable_results(folders: Folders) -> List[Tuple[str, str]]:
+    """(path, reason) of every file under `folders` that should be a result and cannot be read."""
+    from ..store import scan_results
+
+    folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
+    return [problem for folder in folders for problem in scan_results(folder)[1]]
+
+
 def load_runs(folders: Folders) -> List[Run]:
     """Every distillation result under `folders`; for a (setup, student, method, settings, seed)
     written twice, the newer result wins (re-runs replace, they do not double-count)."""

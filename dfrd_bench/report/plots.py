@@ -18,6 +18,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
+from ..errors import DfrdError
 from .collect import Folders, Run, Setup, group_by_setup, load_model_evals, load_runs, matches, teacher_attacks
 from .tables import ATTACK_LABELS, BASELINES, METHOD_LABELS
 
@@ -27,7 +28,7 @@ METHOD_COLORS = {"zskt": "tab:green", "cmi": "tab:purple", "deepinv": "tab:brown
 HISTORY_KEYS = ("student/loss", "student/kl_adv", "gen/total", "utae_target_entropy_norm", "gen/nonrobust_frac")
 
 
-class PlotError(ValueError):
+class PlotError(DfrdError, ValueError):
     pass
 
 

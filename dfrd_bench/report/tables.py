@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+from ..errors import DfrdError
 from ..attacks import ATTACK_ORDER
 from ..data.specs import get_dataset_spec
 from ..metrics import bootstrap_worst
@@ -31,7 +32,7 @@ RSLAD_METHODS = ("zskt", "cmi", "deepinv", "fast")
 FERD_READING = {"utae_on": "student"}
 
 
-class TableError(ValueError):
+class TableError(DfrdError, ValueError):
     pass
 
 
