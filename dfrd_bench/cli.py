@@ -24,7 +24,8 @@ def friendly(fn: Callable) -> Callable:
         except click.ClickException:
             raise
         except (DfrdError,) + INPUT_OS_ERRORS as exc:
-            if debug_enabled():
+            ctx = click.get_current_context(silent=True)
+            if debug_enabled() or (ctx is not None and ctx.find_root().params.get("debug")):
                 raise
             if isinstance(exc, OSError) and exc.filename:
                 raise click.ClickException(f"{exc.strerror or exc}: {exc.filename}") from None
@@ -65,10 +66,6 @@ def with_options(options):
 @click.option("--debug", is_flag=True, help="show the full traceback of every error (also DFRD_DEBUG=1)")
 def main(debug: bool = False) -> None:
     """dfrd-bench: data-free robustness distillation, evaluated per class."""
-    if debug:
-        import os
-
-        os.environ["DFRD_DEBUG"] = "1"
 
 
 # ---------------------------------------------------------------------------------------------- list

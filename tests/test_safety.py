@@ -256,9 +256,10 @@ def test_bugs_keep_their_traceback_and_debug_shows_every_one(tmp_path, test_npz,
     monkeypatch.undo()
     res = _cli("--debug", *args, "--set", "eps=8")
     assert isinstance(res.exception, ConfigError)
-    monkeypatch.delenv("DFRD_DEBUG", raising=False)
-    res = _cli(*args, "--set", "eps=8")
+    res = _cli(*args, "--set", "eps=8")  # --debug holds for its own command only
     assert res.exit_code == 1 and "write 8/255" in res.output
+    monkeypatch.setenv("DFRD_DEBUG", "1")
+    assert isinstance(_cli(*args, "--set", "eps=8").exception, ConfigError)
 
 
 def test_a_failing_sweep_point_logs_its_traceback(tmp_path, test_npz):

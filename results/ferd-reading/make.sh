@@ -40,6 +40,6 @@ esac
 
 # the table (results/ferd-reading/README.md between the markers) from the result JSONs
 if [ "${1:-all}" = all ] || [ "${1:-all}" = tables ]; then
-  dfrd-bench table --table variants --attacks all --ci --results "$OUT" --results results/teachers \
+  dfrd-bench table --table variants,runs --attacks all --ci --results "$OUT" --results results/teachers \
     --into results/ferd-reading/README.md
 fi
