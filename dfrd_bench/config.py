@@ -22,6 +22,11 @@ from .utils import parse_fraction
 
 PRESET_NAMES = ("paper", "quick", "smoke")
 STUDENT_SCHEDULES = ("cosine", "cosine-through-warmup", "constant")
+# Bumped whenever a default that results depend on changes (a method's reading, an augmentation, a
+# preset); every run result records it and tables never put two versions in one setup.
+#   1: before issue 9 (FERD's UTAEs on the teacher, no student-stage augmentation, NVlabs DeepInv, ...)
+#   2: issue 9's defaults (docs/methods/ferd.md, docs/methods.md)
+DEFAULTS_VERSION = 2
 
 # Settings the runner owns (every method has them).
 RUNNER_DEFAULTS: Dict[str, Any] = {

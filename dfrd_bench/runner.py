@@ -29,7 +29,7 @@ import torch
 from .attacks import AttackSettings
 from .checkpoints import save_model, sha256_file
 from .augment import random_crop_flip
-from .config import STUDENT_SCHEDULES, Config, resolve_config, student_steps
+from .config import DEFAULTS_VERSION, STUDENT_SCHEDULES, Config, resolve_config, student_steps
 from .data import get_dataset_spec, load_split
 from .errors import DfrdError, DivergenceError, first_line
 from .evaluate import evaluate, non_finite_parameters, parse_attacks
@@ -227,7 +227,7 @@ def run(req: RunRequest, log: Callable[[str], None] = print,
     cfg = resolve_config(method_cls, req.dataset, req.preset, req.overrides)
     if not cfg.teacher:
         raise RunError(f"preset {req.preset} has no teacher for {req.dataset}: pass --teacher SPEC")
-    parse_attacks(cfg.attacks)  # a bad attack list fails now, not after training
+    attacks = ",".join(parse_attacks(cfg.attacks))  # a bad attack list fails now, not after training
     device = pick_device(req.device)
     run_dir = Path(req.out) / (req.run_name or run_name_for(req, cfg))
     result_path = run_dir / RESULT_FILE
@@ -235,10 +235,10 @@ def run(req: RunRequest, log: Callable[[str], None] = print,
         log(f"{run_dir} is already finished")
         return read_result(result_path)
     with run_folder_lock(run_dir):
-        return _run_locked(req, cfg, method_cls, run_dir, device, log, after_epoch)
+        return _run_locked(req, cfg, method_cls, run_dir, device, attacks, log, after_epoch)
 
 
-def _run_locked(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, device: torch.device,
+def _run_locked(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, device: torch.device, attacks: str,
                 log: Callable[[str], None], after_epoch: Optional[Callable[[int], None]]) -> Dict[str, Any]:
     spec = get_dataset_spec(req.dataset)
     state_path, result_path = run_dir / STATE_FILE, run_dir / RESULT_FILE
@@ -248,7 +248,6 @@ def _run_locked(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, d
         raise RunError(f"{run_dir} holds an unfinished run: pass --resume to continue it, or another --out")
     if req.resume and not state_path.exists():
         log(f"no checkpoint in {run_dir}: starting fresh")
-    attacks = ",".join(parse_attacks(cfg.attacks))
 
     rank = int(os.environ.get("RANK", 0))
     rng = seed_everything(req.seed, rank)
@@ -360,6 +359,7 @@ def _run_locked(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, d
         "settings": {**evaluated["settings"], "eval_limit": cfg.eval_limit, "aa_limit": cfg.aa_limit},
         "config": json.loads(json.dumps(cfg.to_dict(), default=str)),
         "student_steps": student_steps(cfg),
+        "defaults_version": DEFAULTS_VERSION,
         "overrides": {k: v for k, v in req.overrides.items()},
         "history": history,
         "wall_seconds": {"train": round(train_seconds, 1), "eval": round(time.time() - t_eval, 1)},

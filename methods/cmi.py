@@ -27,7 +27,7 @@ from dfrd_bench.augment import random_crop_flip, random_resized_crop
 from dfrd_bench.config import ConfigError
 from dfrd_bench.generators import Generator
 from dfrd_bench.hooks import bn_input_means, bn_statistics_loss
-from dfrd_bench.losses import decision_adversarial_loss, kl_div
+from dfrd_bench.losses import decision_adversarial_loss
 from dfrd_bench.method import LowestLossBatch, MethodContext, Samples, register_method
 from dfrd_bench.robust_kd import RSLAD_DEFAULTS, RobustKDMethod
 
@@ -184,8 +184,6 @@ class CMI(RobustKDMethod):
             raise ConfigError("bank_size must be positive and n_neg non-negative")
         if cfg.gen_iters < 1:
             raise ConfigError("gen_iters must be at least 1")
-        if cfg.warmup_epochs >= cfg.epochs:
-            raise ConfigError(f"warmup_epochs ({cfg.warmup_epochs}) must be below epochs ({cfg.epochs})")
         self.generator = Generator(cfg.latent_dim, cfg.gen_width, ctx.image_size).to(ctx.device)
         dim = self._feature_dim(ctx)
         self.feature_dim = dim

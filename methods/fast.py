@@ -144,9 +144,6 @@ class Fast(RobustKDMethod):
             raise ConfigError("bn_momentum must lie in [0, 1)")
         if cfg.gen_iters < 1:
             raise ConfigError("gen_iters must be at least 1")
-        if cfg.warmup_epochs >= cfg.epochs:
-            raise ConfigError(f"warmup_epochs ({cfg.warmup_epochs}) must be below epochs ({cfg.epochs}); "
-                              "pass --set warmup_epochs=N")
         if not ctx.teacher.bn_layers():
             raise ConfigError(f"teacher {ctx.teacher.arch} has no BatchNorm layer: Fast's BN-statistics loss needs one")
         self.generator = Generator(cfg.latent_dim, cfg.gen_width, ctx.image_size).to(ctx.device).train()

@@ -17,7 +17,7 @@ See docs/methods/ferd.md for every default and the evidence behind it, and the v
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -223,9 +223,6 @@ class FERD(Method):
             raise ConfigError(f"utae_on must be teacher or student, got {cfg.utae_on!r}")
         if cfg.gen_adv_loss not in ("kl", "dkd"):
             raise ConfigError(f"gen_adv_loss must be kl or dkd, got {cfg.gen_adv_loss!r}")
-        if cfg.warmup_epochs >= cfg.epochs:
-            raise ConfigError(f"warmup_epochs ({cfg.warmup_epochs}) must be below epochs ({cfg.epochs}); "
-                              "pass --set warmup_epochs=N")
         self.layer = cfg.layer or ctx.teacher.feature_layer
         if self.layer is None:
             raise ConfigError(f"teacher {ctx.teacher.arch} exposes no intermediate layer; FERD needs layer l")

@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from dfrd_bench.cli import main
+from dfrd_bench.config import DEFAULTS_VERSION
 from dfrd_bench.metrics import bootstrap_worst, summarize
 from dfrd_bench.report.plots import FIGURES, plot
 from dfrd_bench.report.tables import build_tables, load_published, render
@@ -35,7 +36,7 @@ def _result(method, seed=0, student="resnet8", clean=None, pgd=None, overrides=N
     clean = clean or [60] * 10
     pgd = pgd or [20] * 10
     cfg = {"rslad": True, "reweight": True, "fae": True, "utae": True, "gamma": 0.5, "utae_on": "student",
-           **(config or {})}
+           "student_augment": True, **(config or {})}
     return {
         "kind": "run", "method": method, "variant": variant, "preset": "quick", "dataset": "cifar10", "seed": seed,
         "teacher": {"spec": "cpu-teacher", "checkpoint_sha256": TEACHER_SHA, "arch": "resnet20"},
@@ -44,7 +45,7 @@ def _result(method, seed=0, student="resnet8", clean=None, pgd=None, overrides=N
         "data_source": {"kind": "npz", "path": "/data/test.npz", "split": "test", "n": 1000, "sha256": "00"},
         "attacks": {"clean": _attack(clean), "pgd20": _attack(pgd)},
         "settings": {}, "config": cfg, "overrides": overrides or {}, "history": history or [],
-        "provenance": {"created": f"2026-01-0{seed + 1}T00:00:00"},
+        "provenance": {"created": f"2026-01-0{seed + 1}T00:00:00"}, "defaults_version": DEFAULTS_VERSION,
     }
 
 
@@ -253,3 +254,16 @@ def test_an_undefined_nsd_is_not_counted_as_a_missing_run(results):
     assert table.undefined == 1 and table.missing == 0
     text = render([table])
     assert "NSD cell undefined" in text and "without a result" not in text
+
+
+def test_runs_made_under_other_defaults_are_never_in_one_table(results):
+    # a run made before the defaults_version field and before student_augment existed is version 1:
+    # it gets a table of its own, and the version-2 table is labelled with its version
+    old = _result("cmi", clean=[70] * 10, pgd=[30] * 10)
+    del old["defaults_version"], old["config"]["student_augment"]
+    write_result(old, results / "cmi-old" / "result.json")
+    tables = build_tables("1", results, attacks=["clean", "pgd20"])
+    assert len(tables) == 2
+    cmi_means = sorted(r.cells[("pgd20", "avg")].mean for t in tables for r in t.blocks[0][1] if r.label == "CMI")
+    assert cmi_means == [pytest.approx(11.2), pytest.approx(30.0)]  # not averaged together as two seeds
+    assert any(f"defaults v{DEFAULTS_VERSION}" in n for t in tables for n in t.notes)

@@ -54,7 +54,15 @@ class Run:
     def setup(self) -> "Setup":
         t = self.result.get("teacher", {})
         return Setup(self.result["dataset"], t.get("spec", "?"), t.get("checkpoint_sha256"),
-                     self.result.get("preset") or "custom")
+                     self.result.get("preset") or "custom", self.defaults_version)
+
+    @property
+    def defaults_version(self) -> int:
+        """The defaults the run was made with. Results from before the field existed: 2 when their
+        config has `student_augment` (introduced with version 2's defaults), else 1."""
+        if "defaults_version" in self.result:
+            return int(self.result["defaults_version"])
+        return 2 if "student_augment" in self.config else 1
 
     def metric(self, attack: str, metric: str) -> Optional[float]:
         entry = self.result["attacks"].get(attack)
@@ -70,6 +78,7 @@ class Setup:
     teacher: str
     teacher_sha256: Optional[str]
     preset: str
+    defaults_version: int = 1   # dfrd_bench.config.DEFAULTS_VERSION of the code that made the runs
 
 
 @dataclass
@@ -150,7 +159,7 @@ def group_by_setup(runs: Iterable[Run], dataset: Optional[str] = None) -> Dict[S
     for run in runs:
         if dataset is None or run.result["dataset"] == dataset:
             out.setdefault(run.setup, []).append(run)
-    return dict(sorted(out.items(), key=lambda kv: (kv[0].dataset, kv[0].teacher, kv[0].preset)))
+    return dict(sorted(out.items(), key=lambda kv: (kv[0].dataset, kv[0].teacher, kv[0].preset, kv[0].defaults_version)))
 
 
 def matches(run: Run, method: str, config: Dict[str, Any], variant: str = "paper") -> bool:

@@ -27,9 +27,10 @@ METHOD_LABELS = {"zskt": "ZSKT", "cmi": "CMI", "deepinv": "DeepInv", "fast": "Fa
 BASELINES = ("zskt", "cmi", "deepinv", "fast", "dfhl", "ferd")
 RSLAD_METHODS = ("zskt", "cmi", "deepinv", "fast")
 # What makes a FERD run the method the paper's numbers came from (docs/methods/ferd.md): UTAEs on the
-# student. Runs made with the printed Eq. 10 (UTAEs on the teacher: variant paper-literal, and the
-# suite's default before issue 9) never fill a FERD row of the paper's tables.
-FERD_READING = {"utae_on": "student"}
+# student and crop+flip student batches. Runs made with the printed Eq. 10 (UTAEs on the teacher:
+# variant paper-literal, and the suite's default before issue 9) or before the augmentation existed
+# (a diagnostic `utae_on=student` run of the first benchmark) never fill a FERD row of the paper's tables.
+FERD_READING = {"utae_on": "student", "student_augment": True}
 
 
 class TableError(DfrdError, ValueError):
@@ -289,7 +290,8 @@ def _notes(table: BuiltTable, setup: Setup, runs: List[Run], paper: bool, ci: bo
     notes = []
     if runs:
         sha = f" (sha256 {setup.teacher_sha256[:12]}…)" if setup.teacher_sha256 else ""
-        notes.append(f"Setup: {setup.dataset}, teacher `{setup.teacher}`{sha}, preset `{setup.preset}`; "
+        made = (f", defaults v{setup.defaults_version}" if setup.defaults_version > 1 else "")
+        notes.append(f"Setup: {setup.dataset}, teacher `{setup.teacher}`{sha}, preset `{setup.preset}`{made}; "
                      f"{len(runs)} run{'s' if len(runs) != 1 else ''} in this setup.")
         for line in describe_sources(runs):
             notes.append(f"Data: {line}.")
