@@ -1,4 +1,4 @@
-"""The `dfrd-bench` command line: list, eval, run, sweep, table, plot, teacher train/bundle."""
+"""The `dfrd-bench` command line: list, eval, run, bench, sweep, table, plot, teacher train/bundle."""
 from __future__ import annotations
 
 import dataclasses
@@ -237,6 +237,42 @@ def run_cmd(method, dataset, source, data_root, teacher, teacher_arch, student, 
         sys.exit(130)
     click.echo(_summary_table(result))
     click.echo(f"wrote {Path(result['run_dir']) / 'result.json'}")
+
+
+# ---------------------------------------------------------------------------------------------- bench
+@main.command("bench")
+@click.option("--method", required=True, help="a registered method (see `list methods`)")
+@click.option("--dataset", default="cifar10", show_default=True)
+@click.option("--preset", type=click.Choice(["paper", "quick", "smoke"]), default="paper", show_default=True,
+              help="whose per-iteration settings (attack steps, bottleneck steps, ...) are timed")
+@click.option("--teacher", default="random:wrn-16-2", show_default=True,
+              help="teacher spec; random:<arch> times an untrained model of that architecture")
+@click.option("--student", default="wrn-16-1", show_default=True, help="student architecture")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="student and synthesis batch")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--repeats", type=int, default=5, show_default=True, help="timed repeats per stage (medians)")
+@click.option("--warmup", type=int, default=1, show_default=True, help="untimed repeats first (compilation, caches)")
+@click.option("--eval-images", type=int, default=256, show_default=True, help="images per evaluation stage")
+@click.option("--attacks", default="clean,fgsm,pgd20,cw", show_default=True, help="evaluation stages to time (or all)")
+@click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="override any setting (repeatable)")
+@click.option("--out", default=None, help="write the report JSON here")
+@friendly
+def bench_cmd(method, dataset, preset, teacher, student, batch_size, device, repeats, warmup, eval_images, attacks,
+              threads, sets, out) -> None:
+    """Time each stage of a method (generator iteration, student iteration, evaluation per attack)
+    beside its single-pass bound; docs/running.md says how to read it."""
+    from .bench import BenchRequest, bench, format_report, write_report
+    from .config import parse_overrides
+
+    req = BenchRequest(method=method, dataset=dataset, preset=preset, teacher=teacher, student=student,
+                       batch_size=batch_size, device=device, repeats=repeats, warmup=warmup, eval_images=eval_images,
+                       attacks=attacks, overrides=parse_overrides(sets), threads=threads)
+    report = bench(req, log=lambda line: click.echo(line, err=True))
+    click.echo(format_report(report))
+    if out:
+        write_report(report, Path(out))
+        click.echo(f"wrote {out}")
 
 
 # ---------------------------------------------------------------------------------------------- sweep

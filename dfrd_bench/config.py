@@ -22,6 +22,8 @@ from .utils import parse_fraction
 
 PRESET_NAMES = ("paper", "quick", "smoke")
 STUDENT_SCHEDULES = ("cosine", "cosine-through-warmup", "constant")
+COMPILE_MODES = ("auto", "on", "off")
+PRECISIONS = ("auto", "fp32", "bf16")
 # Bumped whenever a default that results depend on changes (a method's reading, an augmentation, a
 # preset); every run result records it and tables never put two versions in one setup.
 #   1: before issue 9 (FERD's UTAEs on the teacher, no student-stage augmentation, NVlabs DeepInv, ...)
@@ -55,6 +57,12 @@ RUNNER_DEFAULTS: Dict[str, Any] = {
     "eps": 8 / 255,
     "attacks": "clean,fgsm,pgd20,cw,aa",
     "channels_last": True,     # channels-last conv weights for teacher and student (faster; same maths)
+    # torch.compile the frozen-model attack passes: auto = on for runs of >= 4,000 student steps
+    # (compile time is paid back), off below (quick, smoke, tests); on | off (dfrd_bench/acceleration.py)
+    "compile": "auto",
+    # training-time precision: auto = bf16 autocast on CUDA, fp32 elsewhere; fp32 | bf16. The final
+    # evaluation is always fp32.
+    "precision": "auto",
     "eval_limit": None,        # stratified test subset for clean/FGSM/PGD/CW (None = full split)
     "aa_limit": None,          # stratified test subset for AutoAttack
     "eval_batch_size": 256,
@@ -253,6 +261,9 @@ def resolve_config(method_cls: Any, dataset: str, preset: str, overrides: Option
     if values["student_schedule"] not in STUDENT_SCHEDULES:
         raise ConfigError(f"student_schedule must be one of {', '.join(STUDENT_SCHEDULES)}, "
                           f"got {values['student_schedule']!r}")
+    for key, choices in (("compile", COMPILE_MODES), ("precision", PRECISIONS)):
+        if values[key] not in choices:
+            raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {values[key]!r}")
     defaults = {**RUNNER_DEFAULTS, **method_defaults}
     validate(values, defaults, {**RUNNER_RANGES, **getattr(method_cls, "ranges", {})})
     return Config(values)

@@ -18,9 +18,13 @@ class BNStatistics:
     with the past ones, m * past + (1 - m) * batch (Fast-Datafree); `commit=False` uses the past
     without moving it. `ema_state()` / `load_ema_state()` save and restore the past statistics."""
 
-    def __init__(self, layers: List[_BatchNorm], momentum: Optional[float] = None) -> None:
+    def __init__(self, layers: List[_BatchNorm], momentum: Optional[float] = None,
+                 instance_means: bool = False) -> None:
         self.layers = layers
         self.terms: List[torch.Tensor] = []
+        # With instance_means, every layer's per-sample spatial means (N, C) are kept too (CMI's
+        # instance features), and the batch mean is taken from them instead of recomputed from x.
+        self.instance_means: Optional[List[torch.Tensor]] = [] if instance_means else None
         self.momentum = momentum  # Fast's blend of batch statistics over steps (None = plain)
         self.commit = True
         self._ema: dict = {}
@@ -39,7 +43,12 @@ class BNStatistics:
     def _hook(self, module: _BatchNorm, inputs, output) -> None:
         x = inputs[0]
         dims = [0] + list(range(2, x.dim()))
-        mean = x.mean(dims)
+        if self.instance_means is not None:
+            per_sample = x.mean(dims[1:]) if x.dim() > 2 else x
+            self.instance_means.append(per_sample)
+            mean = per_sample.mean(0)
+        else:
+            mean = x.mean(dims)
         var = x.var(dims, unbiased=False)
         if self.momentum is not None:
             key = id(module)
@@ -61,13 +70,15 @@ class BNStatistics:
 
 @contextlib.contextmanager
 def bn_statistics_loss(model: torch.nn.Module, momentum: Optional[float] = None,
-                       state: Optional[BNStatistics] = None) -> Iterator[BNStatistics]:
-    """Collect BN-statistics terms of forward passes inside the block; hooks removed on exit."""
+                       state: Optional[BNStatistics] = None, instance_means: bool = False) -> Iterator[BNStatistics]:
+    """Collect BN-statistics terms of forward passes inside the block; hooks removed on exit.
+    instance_means=True also keeps each layer's per-sample means (`stats.instance_means`), what
+    `bn_input_means` collects, from the same hook."""
     layers = model.bn_layers() if hasattr(model, "bn_layers") else [m for m in model.modules() if isinstance(m, _BatchNorm)]
     if not layers:
         raise InputError(f"{getattr(model, 'arch', type(model).__name__)} has no BatchNorm layer: "
                          "a BN-statistics loss needs a teacher with BatchNorm")
-    stats = state or BNStatistics(layers, momentum)
+    stats = state or BNStatistics(layers, momentum, instance_means)
     handles = [layer.register_forward_hook(stats._hook) for layer in layers]
     try:
         yield stats

@@ -22,6 +22,7 @@ from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple
 
 import torch
 
+from .acceleration import Accelerator
 from .config import Config
 from .models import Classifier
 from .pool import SamplePool
@@ -73,6 +74,8 @@ class MethodContext:
     image_size: int
     epoch: int = 0
     rank: int = 0
+    # speed settings: autocast for training passes, compiled attack passes (dfrd_bench/acceleration.py)
+    accel: Accelerator = field(default_factory=lambda: Accelerator(torch.device("cpu")))
 
     # Random draws from the run's own stream, moved to the device.
     def randn(self, *shape: int) -> torch.Tensor:
@@ -114,6 +117,12 @@ class Method:
         raise NotImplementedError
 
     def end_epoch(self, ctx: MethodContext) -> Dict[str, Any]:
+        return {}
+
+    def bench_passes(self, cfg: Config, ctx: MethodContext) -> Dict[str, Dict[str, float]]:
+        """For `dfrd-bench bench`: per stage ('generator iteration', 'generation overhead', 'student
+        iteration'), how many elementary passes of the teacher and student it needs (names in
+        dfrd_bench.bench.PASS_NAMES, each on one batch). Optional; a stage left out gets no bound."""
         return {}
 
     def state_dict(self) -> Dict[str, Any]:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from .attacks import kl_objective, sign_ascent
 from .config import Range, count
+from .evaluate import frozen_eval
 from .losses import kl_div, rslad_student_loss
 from .method import Batch, Method, MethodContext
 
@@ -34,18 +35,15 @@ def student_adversarial(ctx: MethodContext, x: torch.Tensor, teacher_probs: torc
 
     uniform_weight = 0 is RSLAD's attack (ZSKT, CMI, DeepInv, Fast); uniform_weight = gamma is FERD's
     UTAE on the student (Eq. 10 as the authors' code runs it). The student is put in eval mode for
-    the attack (BatchNorm uses running statistics, as in RSLAD's and FERD's code) and restored after;
-    its parameters receive no gradient here.
+    the attack (BatchNorm uses running statistics, as in RSLAD's and FERD's code) with frozen
+    parameters (no weight gradient is computed), both restored after; the attack passes run compiled
+    when the run's `compile` setting is on (dfrd_bench/acceleration.py).
     """
-    student = ctx.student
-    was_training = student.training
-    student.eval()
-    try:
-        start = (x + 0.001 * ctx.randn(*x.shape)).clamp(0, 1)
-        return sign_ascent(kl_objective(student, teacher_probs, uniform_weight), x, ctx.cfg.eps, step, steps,
+    start = (x + 0.001 * ctx.randn(*x.shape)).clamp(0, 1)
+    with frozen_eval(ctx.student) as student:
+        attacked = ctx.accel.attack_model(student)
+        return sign_ascent(kl_objective(attacked, teacher_probs, uniform_weight), x, ctx.cfg.eps, step, steps,
                            start=start)
-    finally:
-        student.train(was_training)
 
 
 def robust_kd_loss(ctx: MethodContext, x: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
@@ -72,3 +70,14 @@ class RobustKDMethod(Method):
 
     def student_loss(self, ctx: MethodContext, batch: Batch):
         return robust_kd_loss(ctx, batch.x)
+
+    def bench_passes(self, cfg, ctx: MethodContext) -> Dict[str, Dict[str, float]]:
+        return {"student iteration": rslad_passes(cfg)}
+
+
+def rslad_passes(cfg) -> Dict[str, float]:
+    """Passes of one RSLAD student iteration: teacher forward, the attack's steps on the student,
+    and the student's training forward + backward on the clean and the adversarial batch."""
+    if not cfg.rslad:
+        return {"teacher_forward": 1, "student_train": 1}
+    return {"teacher_forward": 1, "student_input_grad": cfg.rslad_steps, "student_train": 2}

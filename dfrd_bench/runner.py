@@ -21,11 +21,12 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
 
+from .acceleration import Accelerator
 from .attacks import AttackSettings
 from .checkpoints import save_model, sha256_file
 from .augment import random_crop_flip
@@ -97,6 +98,46 @@ def student_batch(pool: SamplePool, cfg: Config, rng: torch.Generator) -> Batch:
     if cfg.student_augment:
         x = random_crop_flip(x, padding=4, generator=rng)
     return Batch(x, y)
+
+
+def make_context(cfg: Config, dataset: str, device: torch.device, rng: torch.Generator,
+                 model_dir: Optional[str] = None, rank: int = 0) -> MethodContext:
+    """Teacher (frozen, eval), fresh student, empty pool and speed settings: what a method sees.
+    Shared by `run` and `dfrd-bench bench`, so the benchmark times the models a run trains."""
+    spec = get_dataset_spec(dataset)
+    teacher = load_teacher(cfg.teacher, dataset, arch=cfg.teacher_arch, model_dir=model_dir).to(device)
+    teacher.eval().requires_grad_(False)
+    student = build_model(cfg.student, spec.num_classes, spec.image_size, spec.mean, spec.std).to(device)
+    if cfg.channels_last:  # channels-last conv weights: 1.4-1.8x faster on CPU (docs/running.md)
+        teacher.to(memory_format=torch.channels_last)
+        student.to(memory_format=torch.channels_last)
+    return MethodContext(teacher=teacher, student=student, cfg=cfg, device=device, rng=rng,
+                         pool=SamplePool(cfg.pool_max, device), num_classes=spec.num_classes,
+                         image_size=spec.image_size, rank=rank, accel=Accelerator.from_config(cfg, device))
+
+
+def student_step(method: Any, ctx: MethodContext, opt: torch.optim.Optimizer,
+                 batch: Batch) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """One student iteration: the method's loss (under the run's autocast), backward, SGD step."""
+    with ctx.accel.autocast():
+        loss, logs = method.student_loss(ctx, batch)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss, logs
+
+
+def training_eta(records: List[Dict[str, Any]], epochs_left: int) -> float:
+    """Seconds to finish training: the median seconds of the given recent epochs x epochs left.
+    Warm-up epochs (no student stage) are cheaper, so only epochs of the same kind as the last count."""
+    same_kind = [r["seconds"] for r in records if ("lr" in r) == ("lr" in records[-1])]
+    return float(np.median(same_kind)) * max(0, epochs_left) if same_kind else 0.0
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
 def _rng_states(ctx: MethodContext) -> Dict[str, Any]:
@@ -252,17 +293,9 @@ def _run_locked(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, d
     rank = int(os.environ.get("RANK", 0))
     rng = seed_everything(req.seed, rank)
     # Load everything that can fail before any training: teacher, student, test data.
-    teacher = load_teacher(cfg.teacher, req.dataset, arch=cfg.teacher_arch, model_dir=req.model_dir).to(device)
-    teacher.eval().requires_grad_(False)
-    student = build_model(cfg.student, spec.num_classes, spec.image_size, spec.mean, spec.std).to(device)
-    if cfg.channels_last:  # channels-last conv weights: 1.4-1.8x faster on CPU (docs/running.md)
-        teacher.to(memory_format=torch.channels_last)
-        student.to(memory_format=torch.channels_last)
+    ctx = make_context(cfg, req.dataset, device, rng, model_dir=req.model_dir, rank=rank)
+    teacher, student, pool = ctx.teacher, ctx.student, ctx.pool
     test = load_split(req.dataset, "test", req.source, req.data_root)
-
-    pool = SamplePool(cfg.pool_max, device)
-    ctx = MethodContext(teacher=teacher, student=student, cfg=cfg, device=device, rng=rng, pool=pool,
-                        num_classes=spec.num_classes, image_size=spec.image_size, rank=rank)
     method = method_cls()
     method.setup(ctx)
     opt = torch.optim.SGD(student.parameters(), lr=cfg.student_lr, momentum=cfg.student_momentum,
@@ -284,11 +317,14 @@ def _run_locked(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, d
     log(f"{req.method} on {req.dataset} [{req.preset}]: teacher {cfg.teacher}, student {cfg.student} "
         f"({count_parameters(student) / 1e6:.2f}M), {cfg.epochs} epochs -> {run_dir}")
 
-    last_samples = None
+    if ctx.accel.compile_attacks:
+        log("compile: attack passes are compiled on first use (tens of seconds per model on a CPU)")
+    last_samples, recent = None, []
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()
         ctx.epoch = epoch
-        samples = method.generate(ctx)
+        with ctx.accel.autocast():
+            samples = method.generate(ctx)
         pool.add(samples.x, samples.y)
         last_samples = samples
         record: Dict[str, Any] = {"epoch": epoch + 1, "pool": len(pool)}
@@ -301,10 +337,7 @@ def _run_locked(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, d
             student.train()
             sums: Dict[str, torch.Tensor] = {}
             for _ in progress(range(cfg.student_iters), desc=f"epoch {epoch + 1}/{cfg.epochs} distill", unit="it"):
-                loss, logs = method.student_loss(ctx, student_batch(pool, cfg, rng))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                loss, logs = student_step(method, ctx, opt, student_batch(pool, cfg, rng))
                 for k, v in {"loss": loss, **logs}.items():
                     sums[k] = sums.get(k, 0) + v.detach().float()
             means = {k: float(v) / max(1, cfg.student_iters) for k, v in sums.items()}
@@ -315,10 +348,12 @@ def _run_locked(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, d
         record.update({k: _to_float(v) for k, v in method.end_epoch(ctx).items()})
         record["seconds"] = round(time.time() - t0, 2)
         train_seconds += time.time() - t0
+        recent.append(record)
         if (epoch + 1) % cfg.log_every_epochs == 0 or epoch + 1 == cfg.epochs:
             history.append(record)
-            log(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.items()
-                            if not isinstance(v, list)}))
+            eta = training_eta(recent[-5:], cfg.epochs - epoch - 1)  # logged, not kept: it is a forecast
+            log(json.dumps({**{k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.items()
+                               if not isinstance(v, list)}, "eta": _clock(eta)}))
         if (epoch + 1) % cfg.checkpoint_every_epochs == 0 or epoch + 1 == cfg.epochs:
             atomic_torch_save({
                 "config": json.dumps(cfg.to_dict(), default=str), "student": student.net.state_dict(),
@@ -363,6 +398,7 @@ def _run_locked(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, d
         "overrides": {k: v for k, v in req.overrides.items()},
         "history": history,
         "wall_seconds": {"train": round(train_seconds, 1), "eval": round(time.time() - t_eval, 1)},
+        "speed": ctx.accel.describe(),
         "run_dir": str(run_dir),
         "provenance": provenance(device),
     }

@@ -113,7 +113,28 @@ def contrastive_loss(head: Callable[[torch.Tensor], torch.Tensor], local_feat: t
 
     Every instance (batch or bank) is a row whose positive is its own other view; the loss is the
     mean over the batch rows plus the mean over the bank rows (when there are any).
+
+    Written for speed, with the values and gradients of projecting all 2(N + N') rows with
+    gradients and dividing the (N + N')^2 logits by the temperature (`contrastive_loss_plain`, the
+    tested reference): the global side is detached in the logits, so its projections are computed
+    without a graph, and the temperature divides the (N + N') x head_dim global projections
+    instead of the logits (1.005 -> 0.865 s per CMI generator step on 2 CPU cores).
     """
+    n = len(local_feat)
+    p_local = head(torch.cat([local_feat, bank_local]))
+    with torch.no_grad():
+        p_global = head(torch.cat([global_feat, bank_global])) / temperature
+    logits = p_local @ p_global.t()
+    per_row = F.cross_entropy(logits, torch.arange(len(logits), device=logits.device), reduction="none")
+    if len(bank_local):
+        return per_row[:n].mean() + per_row[n:].mean()
+    return per_row.mean()
+
+
+def contrastive_loss_plain(head: Callable[[torch.Tensor], torch.Tensor], local_feat: torch.Tensor,
+                           global_feat: torch.Tensor, bank_local: torch.Tensor, bank_global: torch.Tensor,
+                           temperature: float) -> torch.Tensor:
+    """`contrastive_loss` written the straightforward way (the reference the tests compare it with)."""
     n = len(local_feat)
     proj = head(torch.cat([local_feat, bank_local, global_feat, bank_global]))
     p_local, p_global = proj.chunk(2)
@@ -229,12 +250,16 @@ class CMI(RobustKDMethod):
             for _ in range(cfg.gen_iters):
                 x = self.generator(z)
                 global_view = random_crop_flip(x, generator=ctx.rng)
-                with bn_statistics_loss(teacher) as bn:
-                    if use_cr:
+                # BN features: one hook per layer gives both the BN-statistics term and the instance means
+                shared_hook = use_cr and cfg.cmi_features == "bn"
+                with bn_statistics_loss(teacher, instance_means=shared_hook) as bn:
+                    if use_cr and not shared_hook:
                         t_logits, global_feat = self._features(ctx, global_view)
                     else:
                         t_logits = teacher(global_view)
                     loss_bn = bn.loss()
+                if shared_hook:
+                    global_feat = torch.cat(bn.instance_means, 1)
                 terms = {"bn": loss_bn, "oh": F.cross_entropy(t_logits, y)}
                 if use_adv:
                     terms["adv"], mask = decision_adversarial_loss(t_logits, student(global_view))
@@ -268,6 +293,12 @@ class CMI(RobustKDMethod):
         logs: Dict[str, Any] = {k: v / max(1, cfg.gen_iters) for k, v in sums.items()}
         logs["bank"] = len(self.bank)
         return Samples(best_x, y, logs)
+
+    def bench_passes(self, cfg, ctx: MethodContext) -> Dict[str, Dict[str, float]]:
+        generator = {"teacher_input_grad": 2 if cfg.lambda_cr > 0 else 1}  # global view (+ local view)
+        if cfg.lambda_adv > 0:
+            generator["student_input_grad"] = 1
+        return {**super().bench_passes(cfg, ctx), "generator iteration": generator}
 
     # -- resume ----------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:

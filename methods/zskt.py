@@ -198,6 +198,10 @@ class ZSKT(RobustKDMethod):
         logs["at"] = at.detach()
         return kd + cfg.at_beta * at, logs
 
+    def bench_passes(self, cfg, ctx: MethodContext) -> Dict[str, Dict[str, float]]:
+        # generator step: through the teacher and the (train-mode, frozen) student to the images
+        return {**super().bench_passes(cfg, ctx), "generator iteration": {"teacher_input_grad": 1, "student_input_grad": 1}}
+
     # -- resume ----------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
         return {"generator": self.generator.state_dict(), "gen_opt": self.gen_opt.state_dict()}
