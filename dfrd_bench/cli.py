@@ -253,13 +253,15 @@ def run_cmd(method, dataset, source, data_root, teacher, teacher_arch, student, 
 @click.option("--repeats", type=int, default=5, show_default=True, help="timed repeats per stage (medians)")
 @click.option("--warmup", type=int, default=1, show_default=True, help="untimed repeats first (compilation, caches)")
 @click.option("--eval-images", type=int, default=256, show_default=True, help="images per evaluation stage")
+@click.option("--gen-extra-iters", type=int, default=2, show_default=True,
+              help="R: a generator iteration is timed as (stage of 1 + R iterations - stage of 1) / R")
 @click.option("--attacks", default="clean,fgsm,pgd20,cw", show_default=True, help="evaluation stages to time (or all)")
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="override any setting (repeatable)")
 @click.option("--out", default=None, help="write the report JSON here")
 @friendly
-def bench_cmd(method, dataset, preset, teacher, student, batch_size, device, repeats, warmup, eval_images, attacks,
-              threads, sets, out) -> None:
+def bench_cmd(method, dataset, preset, teacher, student, batch_size, device, repeats, warmup, eval_images,
+              gen_extra_iters, attacks, threads, sets, out) -> None:
     """Time each stage of a method (generator iteration, student iteration, evaluation per attack)
     beside its single-pass bound; docs/running.md says how to read it."""
     from .bench import BenchRequest, bench, format_report, write_report
@@ -267,7 +269,8 @@ def bench_cmd(method, dataset, preset, teacher, student, batch_size, device, rep
 
     req = BenchRequest(method=method, dataset=dataset, preset=preset, teacher=teacher, student=student,
                        batch_size=batch_size, device=device, repeats=repeats, warmup=warmup, eval_images=eval_images,
-                       attacks=attacks, overrides=parse_overrides(sets), threads=threads)
+                       gen_extra_iters=gen_extra_iters, attacks=attacks, overrides=parse_overrides(sets),
+                       threads=threads)
     report = bench(req, log=lambda line: click.echo(line, err=True))
     click.echo(format_report(report))
     if out:
