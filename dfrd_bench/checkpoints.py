@@ -30,6 +30,17 @@ def sha256_file(path: Union[str, Path]) -> str:
     return h.hexdigest()
 
 
+def weights_sha256(model: torch.nn.Module) -> str:
+    """sha256 of a model's state (names, shapes and values, whatever the memory layout): who a model
+    really is, whatever its spec or file (a teacher for resume, a model for a resumed evaluation)."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def save_model(model: Classifier, path: Union[str, Path], dataset: str, image_size: int,
                meta: Optional[Dict[str, Any]] = None) -> None:
     payload = {

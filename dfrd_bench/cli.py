@@ -122,8 +122,10 @@ def _summary_table(result: Dict[str, Any]) -> str:
 def run_evaluation(model, model_block: Dict[str, Any], dataset: str, source: Optional[str], data_root: Optional[str],
                    limit: Optional[int], attacks: str, eps: float, seed: int, device: Optional[str],
                    batch_size: int, aa_limit: Optional[int], kind: str = "eval", extra: Optional[Dict[str, Any]] = None,
-                   pgd_steps: int = 20, cw_steps: int = 30) -> Dict[str, Any]:
-    """Load the test split, evaluate, and assemble a result dict (shared by eval and teacher train)."""
+                   pgd_steps: int = 20, cw_steps: int = 30, progress_path: Optional[str] = None) -> Dict[str, Any]:
+    """Load the test split, evaluate, and assemble a result dict (shared by eval and teacher train).
+
+    progress_path makes the evaluation resumable (see evaluate); the caller removes it once done."""
     from .attacks import AttackSettings
     from .data import load_split
     from .evaluate import evaluate
@@ -136,7 +138,8 @@ def run_evaluation(model, model_block: Dict[str, Any], dataset: str, source: Opt
     dev = pick_device(device)
     t0 = time.time()
     out = evaluate(model, data, attacks=attacks.split(",") if attacks != "all" else "all", settings=settings,
-                   device=str(dev), batch_size=batch_size, attack_limits=limits)
+                   device=str(dev), batch_size=batch_size, attack_limits=limits, progress_path=progress_path,
+                   log=(lambda line: click.echo(line, err=True)) if progress_path else None)
     result = {
         "kind": kind,
         "dataset": dataset,
@@ -173,9 +176,11 @@ eval_options = [
 @with_options(data_options)
 @with_options(eval_options)
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="write the result JSON here")
+@click.option("--resume-file", type=click.Path(dir_okay=False), default=None,
+              help="save the progress here after every batch and continue from it when rerun (removed when done)")
 @friendly
 def eval_cmd(model_spec, arch, model_dir, dataset, source, data_root, limit, eps, attacks, aa_limit, pgd_steps,
-             cw_steps, batch_size, seed, device, out) -> None:
+             cw_steps, batch_size, seed, device, out, resume_file) -> None:
     """Evaluate a model per class under clean, FGSM, PGD-20, CW-inf and AutoAttack."""
     from .evaluate import parse_attacks
     from .store import write_result
@@ -190,15 +195,26 @@ def eval_cmd(model_spec, arch, model_dir, dataset, source, data_root, limit, eps
             raise click.BadParameter(f"must be at least 1, got {value}", param_hint=name)
     if not 0 < eps <= 1:
         raise click.BadParameter(f"must be in (0, 1], got {eps:g} (images are in [0, 1]: write 8/255)", param_hint="--eps")
-    if out:
-        check_writable(out)  # before the evaluation, so that a read-only --out loses no work
+    for path in (out, resume_file):
+        if path:
+            check_writable(path)  # before the evaluation, so that a read-only --out loses no work
     model = load_teacher(model_spec, dataset, arch=arch, model_dir=model_dir)
-    result = run_evaluation(model, describe_spec(model_spec), dataset, source, data_root, limit, attacks, eps, seed,
-                            device, batch_size, aa_limit, pgd_steps=pgd_steps, cw_steps=cw_steps)
+    try:
+        result = run_evaluation(model, describe_spec(model_spec), dataset, source, data_root, limit, attacks, eps,
+                                seed, device, batch_size, aa_limit, pgd_steps=pgd_steps, cw_steps=cw_steps,
+                                progress_path=resume_file)
+    except KeyboardInterrupt:
+        if not resume_file:
+            raise
+        click.echo(f"interrupted: the finished batches are saved in {resume_file}; run the same command to continue",
+                   err=True)
+        sys.exit(130)
     click.echo(f"{model_spec} on {dataset} ({result['data_source']['kind']}, n={result['data_source']['n']}), eps {eps:.5f}")
     click.echo(_summary_table(result))
     if out:
         click.echo(f"wrote {write_result(result, out)}")
+    if resume_file:  # only now: a failed write above keeps the finished attacks
+        Path(resume_file).unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------- run
@@ -233,7 +249,8 @@ def run_cmd(method, dataset, source, data_root, teacher, teacher_arch, student, 
     try:
         result = run(req, log=click.echo)
     except KeyboardInterrupt:
-        click.echo("interrupted: the last finished epoch is saved; run the same command with --resume", err=True)
+        click.echo("interrupted: the last finished epoch and evaluation batch are saved; run the same command with "
+                   "--resume", err=True)
         sys.exit(130)
     click.echo(_summary_table(result))
     click.echo(f"wrote {Path(result['run_dir']) / 'result.json'}")

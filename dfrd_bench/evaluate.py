@@ -9,19 +9,24 @@ Robust accuracy follows AutoAttack's convention: a point counts as robust only i
 it correctly both clean and under the attack, so points misclassified clean are not attacked (they
 count as errors). Besides being the standard definition, this makes a weak model's evaluation several
 times cheaper. `AttackSettings(attack_misclassified=True)` attacks every point instead.
+
+With a progress file (`evaluate(..., progress_path=...)`, dfrd_bench/eval_progress.py) the evaluation
+is resumable at the granularity of one batch: a killed run continues at its first unfinished batch.
 """
 from __future__ import annotations
 
 import contextlib
 import time
 import zlib
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from .errors import DfrdError
 from .attacks import ATTACK_ORDER, ATTACKS, AttackSettings
 from .data import ImageSet
+from .eval_progress import AttackCursor, EvalProgress, evaluation_identity
 from .metrics import summarize
 from .utils import pick_device, progress
 
@@ -116,12 +121,17 @@ def evaluate(
     batch_size: int = 256,
     attack_limits: Optional[Dict[str, int]] = None,
     log: Optional[Callable[[str], None]] = None,
+    progress_path: Optional[Union[str, Path]] = None,
 ) -> Dict[str, Any]:
     """Evaluate `model` on `data` under each attack; returns {'attacks': {name: metrics}, 'settings': ...}.
 
     attack_limits maps an attack name to a stratified subset size (e.g. {'aa': 2000}) for attacks
     too slow for the whole split; the subset is drawn with the evaluation seed and recorded.
     `log`, when given, gets one line per finished attack (long evaluations in background logs).
+    `progress_path`, when given, makes the evaluation resumable (dfrd_bench/eval_progress.py): the
+    progress is saved there after every batch and a rerun continues at the first unfinished batch
+    with the same numbers; a file of another evaluation is refused. The file is left in place when
+    the evaluation ends (a rerun then returns at once): the caller removes it once the result is saved.
     """
     settings = settings or AttackSettings()
     dev = pick_device(device)
@@ -136,48 +146,86 @@ def evaluate(
         if n is not None and n < 1:
             raise EvaluationError(f"the {name} subset must hold at least 1 image, got {n}")
     attack_limits = attack_limits or {}
+    names = parse_attacks(list(attacks))
+    identity = {} if progress_path is None else evaluation_identity(model, data, names, settings, batch_size,
+                                                                      attack_limits, dev)
+    tracker = EvalProgress.open(progress_path, identity)
+    if tracker.resumed and log is not None:
+        log(f"resuming evaluation: {tracker.describe()}")
     results: Dict[str, Any] = {}
     x_all, y_all = data.tensors()
-    clean_full: Optional[torch.Tensor] = None  # clean predictions on the whole split, reused by the attacks
     with frozen_eval(model), channels_last(model, enabled=settings.channels_last):
-        for name in parse_attacks(list(attacks)):
-            fn = ATTACKS.get(name)
-            subset = data.subset(attack_limits[name], seed=settings.seed) if name in attack_limits else None
-            x, y = subset.tensors() if subset is not None else (x_all, y_all)
-            gen = torch.Generator().manual_seed(_attack_seed(settings.seed, name))
-            t0 = time.time()
-            bs = settings.batch_size if name == "aa" else batch_size
-            pred = torch.full((len(y),), -1, dtype=torch.long)
-            attacked = torch.ones(len(y), dtype=torch.bool)
-            if name != "clean" and not settings.attack_misclassified:
-                if subset is None and clean_full is None:
-                    clean_full = _predict(model, x, dev, batch_size)  # once per split, whichever attack comes first
-                clean_pred = clean_full if subset is None else _predict(model, x, dev, batch_size)
-                attacked = clean_pred == y
-                pred[~attacked] = clean_pred[~attacked]  # already wrong: an error under every attack
-            idx = attacked.nonzero().flatten()
-            max_linf = 0.0
-            for i in progress(range(0, len(idx), bs), desc=f"{name}", unit="batch"):
-                rows = idx[i:i + bs]
-                xb, yb = x[rows].to(dev), y[rows].to(dev)
-                x_adv = fn(model, xb, yb, settings, gen)
-                max_linf = max(max_linf, check_perturbation(x_adv, xb, settings.eps if name != "clean" else 0.0, name))
-                with torch.no_grad():
-                    pred[rows] = model(x_adv).argmax(1).cpu()
-            if name == "clean" and subset is None:
-                clean_full = pred.clone()
-            entry = summarize(y.numpy(), pred.numpy(), num_classes)
-            entry["seconds"] = round(time.time() - t0, 2)
-            entry["max_linf"] = max_linf
-            entry["attacked"] = int(len(idx))
-            if subset is not None:
-                entry["subset"] = subset.source.get("subset")
+        for name in names:
+            entry = tracker.finished(name)
+            if entry is None:
+                subset = data.subset(attack_limits[name], seed=settings.seed) if name in attack_limits else None
+                x, y = subset.tensors() if subset is not None else (x_all, y_all)
+                bs = settings.batch_size if name == "aa" else batch_size
+                cursor = tracker.cursor(name) or _start_attack(name, model, x, y, subset is None, settings, dev,
+                                                              batch_size, bs, tracker)
+                _run_batches(name, model, x, y, cursor, settings, dev, bs, tracker)
+                if name == "clean" and subset is None:
+                    tracker.clean_pred = cursor.pred.clone()  # reused by the attacks that follow
+                entry = _entry(y, cursor, num_classes, subset)
+                tracker.attack_done(name, entry)
+                if log is not None:
+                    attacked = "" if name == "clean" else f"{entry['attacked']} attacked, "
+                    log(f"eval {name}: avg {entry['avg']:.2f} %, worst {entry['worst']:.2f} % on {entry['n']} images "
+                        f"({attacked}{entry['seconds']:.0f} s)")
             results[name] = entry
-            if log is not None:
-                attacked = "" if name == "clean" else f"{entry['attacked']} attacked, "
-                log(f"eval {name}: avg {entry['avg']:.2f} %, worst {entry['worst']:.2f} % on {entry['n']} images "
-                    f"({attacked}{entry['seconds']:.0f} s)")
     return {"attacks": results, "settings": settings.resolved()}
+
+
+def _start_attack(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, full_split: bool,
+                  settings: AttackSettings, dev: torch.device, batch_size: int, bs: int,
+                  tracker: EvalProgress) -> AttackCursor:
+    """A fresh cursor: points wrong on clean inputs are filled in as errors and not attacked (the clean
+    pass counts in the attack's seconds)."""
+    t0 = time.time()
+    pred = torch.full((len(y),), -1, dtype=torch.long)
+    attacked = torch.ones(len(y), dtype=torch.bool)
+    if name != "clean" and not settings.attack_misclassified:
+        if full_split and tracker.clean_pred is None:
+            tracker.clean_pred = _predict(model, x, dev, batch_size)  # once per split, whichever attack comes first
+        clean_pred = tracker.clean_pred if full_split else _predict(model, x, dev, batch_size)
+        attacked = clean_pred == y
+        pred[~attacked] = clean_pred[~attacked]  # already wrong: an error under every attack
+    n_attacked = int(attacked.sum())
+    return AttackCursor(pred, attacked, next_batch=0, n_batches=(n_attacked + bs - 1) // bs, seconds=time.time() - t0)
+
+
+def _run_batches(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cursor: AttackCursor,
+                 settings: AttackSettings, dev: torch.device, bs: int, tracker: EvalProgress) -> None:
+    """Attack the batches from cursor.next_batch on; after each one the cursor, with the generator state
+    the next batch starts from, goes to the tracker (so a resumed attack draws the same random starts)."""
+    fn = ATTACKS.get(name)
+    gen = torch.Generator().manual_seed(_attack_seed(settings.seed, name))
+    if cursor.gen_state is not None:
+        gen.set_state(cursor.gen_state)
+    idx = cursor.attacked.nonzero().flatten()
+    t0 = time.time() - cursor.seconds
+    for b in progress(range(cursor.next_batch, cursor.n_batches), desc=f"{name}", unit="batch"):
+        rows = idx[b * bs:(b + 1) * bs]
+        xb, yb = x[rows].to(dev), y[rows].to(dev)
+        x_adv = fn(model, xb, yb, settings, gen)
+        linf = check_perturbation(x_adv, xb, settings.eps if name != "clean" else 0.0, name)
+        with torch.no_grad():
+            cursor.pred[rows] = model(x_adv).argmax(1).cpu()
+        cursor.max_linf = max(cursor.max_linf, linf)
+        cursor.next_batch, cursor.gen_state, cursor.seconds = b + 1, gen.get_state(), time.time() - t0
+        tracker.batch_done(name, cursor)
+    cursor.seconds = time.time() - t0
+
+
+def _entry(y: torch.Tensor, cursor: AttackCursor, num_classes: int, subset: Optional[ImageSet]) -> Dict[str, Any]:
+    """One attack's metrics from a finished cursor."""
+    entry = summarize(y.numpy(), cursor.pred.numpy(), num_classes)
+    entry["seconds"] = round(cursor.seconds, 2)
+    entry["max_linf"] = cursor.max_linf
+    entry["attacked"] = int(cursor.attacked.sum())
+    if subset is not None:
+        entry["subset"] = subset.source.get("subset")
+    return entry
 
 
 def _predict(model: torch.nn.Module, x: torch.Tensor, dev: torch.device, batch_size: int) -> torch.Tensor:

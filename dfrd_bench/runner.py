@@ -7,7 +7,9 @@
 Checkpoints are written atomically at every epoch end and hold everything (student, optimiser,
 method state, pool, every RNG state, history), so a run killed anywhere resumes with `--resume`
 from the last finished epoch and, on a CPU with the same seed, ends with the same student as an
-uninterrupted run. The result is always the final student: no checkpoint is chosen on test data.
+uninterrupted run. The final evaluation saves its progress after every batch (eval_progress.pt), so
+a run killed while evaluating resumes at its first unfinished batch with the same numbers. The
+result is always the final student: no checkpoint is chosen on test data.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ import torch
 
 from .acceleration import Accelerator
 from .attacks import AttackSettings
-from .checkpoints import save_model, sha256_file
+from .checkpoints import save_model, sha256_file, weights_sha256
 from .augment import random_crop_flip
 from .config import DEFAULTS_VERSION, STUDENT_SCHEDULES, Config, resolve_config, student_steps
 from .data import get_dataset_spec, load_split
@@ -43,6 +45,7 @@ from .teachers import describe_spec, load_teacher
 from .utils import atomic_torch_save, pick_device, progress, seed_everything
 
 STATE_FILE = "state.pt"
+EVAL_PROGRESS_FILE = "eval_progress.pt"  # the final evaluation's progress, removed once result.json is written
 RESULT_FILE = "result.json"
 LOCK_FILE = ".lock"
 
@@ -212,16 +215,6 @@ def run_folder_lock(run_dir: Path) -> Iterator[None]:
             shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def weights_sha256(model: torch.nn.Module) -> str:
-    """sha256 of a model's state (names, shapes and values): who the teacher really is, whatever its spec."""
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def _load_state(state_path: Path) -> Dict[str, Any]:
     try:
         return torch.load(state_path, map_location="cpu", weights_only=True)
@@ -314,6 +307,9 @@ def _run_locked(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, d
         _restore_rng(ctx, st["rng"])
         history, start_epoch, train_seconds = json.loads(st["history"]), st["epoch"], st["train_seconds"]
         log(f"resumed {run_dir} at epoch {start_epoch}/{cfg.epochs}")
+    elif (run_dir / EVAL_PROGRESS_FILE).exists():  # the evaluation of a student this fresh run replaces
+        (run_dir / EVAL_PROGRESS_FILE).unlink()
+        log(f"removed {run_dir / EVAL_PROGRESS_FILE}: it belongs to an earlier student")
     log(f"{req.method} on {req.dataset} [{req.preset}]: teacher {cfg.teacher}, student {cfg.student} "
         f"({count_parameters(student) / 1e6:.2f}M), {cfg.epochs} epochs -> {run_dir}")
 
@@ -377,7 +373,8 @@ def _run_locked(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, d
     data = test.subset(cfg.eval_limit, seed=req.seed)
     limits = {"aa": cfg.aa_limit} if cfg.aa_limit and cfg.aa_limit < len(data) else {}
     evaluated = evaluate(student, data, attacks.split(","), settings, device=str(device),
-                         batch_size=cfg.eval_batch_size, attack_limits=limits, log=log)
+                         batch_size=cfg.eval_batch_size, attack_limits=limits, log=log,
+                         progress_path=run_dir / EVAL_PROGRESS_FILE)
     result = {
         "kind": "run",
         "method": req.method,
@@ -403,4 +400,5 @@ def _run_locked(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, d
         "provenance": provenance(device),
     }
     write_result(result, result_path)
+    (run_dir / EVAL_PROGRESS_FILE).unlink(missing_ok=True)  # only now: a kill before the write loses no attack
     return result
