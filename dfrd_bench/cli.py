@@ -27,9 +27,12 @@ def friendly(fn: Callable) -> Callable:
             ctx = click.get_current_context(silent=True)
             if debug_enabled() or (ctx is not None and ctx.find_root().params.get("debug")):
                 raise
+            from .distributed import env_rank
+
+            who = f"rank {env_rank()}: " if env_rank() else ""  # every process of a torchrun reports
             if isinstance(exc, OSError) and exc.filename:
-                raise click.ClickException(f"{exc.strerror or exc}: {exc.filename}") from None
-            raise click.ClickException(str(exc)) from None
+                raise click.ClickException(f"{who}{exc.strerror or exc}: {exc.filename}") from None
+            raise click.ClickException(f"{who}{exc}") from None
 
     return wrapper
 
@@ -236,8 +239,12 @@ def eval_cmd(model_spec, arch, model_dir, dataset, source, data_root, limit, eps
 @friendly
 def run_cmd(method, dataset, source, data_root, teacher, teacher_arch, student, preset, seed, sets, attacks, out, name,
             resume, device, model_dir) -> None:
-    """Distil a student with one method, evaluate it per class, and write the result JSON."""
+    """Distil a student with one method, evaluate it per class, and write the result JSON.
+
+    `torchrun --nproc_per_node=N -m dfrd_bench.cli run ...` makes it one data-parallel run over N
+    processes (GPUs); see docs/running.md, "Data-parallel runs"."""
     from .config import parse_overrides
+    from .distributed import env_rank
     from .runner import RunRequest, run
 
     overrides = parse_overrides(sets)
@@ -246,14 +253,17 @@ def run_cmd(method, dataset, source, data_root, teacher, teacher_arch, student, 
             overrides[key] = value
     req = RunRequest(method=method, dataset=dataset, preset=preset, seed=seed, overrides=overrides, source=source,
                      data_root=data_root, out=out, run_name=name, resume=resume, device=device, model_dir=model_dir)
+    main_process = env_rank() == 0  # the other processes of a torchrun stay quiet
     try:
         result = run(req, log=click.echo)
     except KeyboardInterrupt:
-        click.echo("interrupted: the last finished epoch and evaluation batch are saved; run the same command with "
-                   "--resume", err=True)
+        if main_process:
+            click.echo("interrupted: the last finished epoch and evaluation batch are saved; run the same command "
+                       "with --resume", err=True)
         sys.exit(130)
-    click.echo(_summary_table(result))
-    click.echo(f"wrote {Path(result['run_dir']) / 'result.json'}")
+    if main_process:
+        click.echo(_summary_table(result))
+        click.echo(f"wrote {Path(result['run_dir']) / 'result.json'}")
 
 
 # ---------------------------------------------------------------------------------------------- bench
@@ -316,7 +326,8 @@ def _comma(text: Optional[str]):
 @click.option("--device", default=None)
 @click.option("--dry-run", is_flag=True, help="list the runs and their state without running")
 @click.option("--emit", default=None, metavar="MODE",
-              help="print the unfinished runs as commands instead: local, gpus:N, slurm or torchrun")
+              help="print the unfinished runs as commands instead: local, gpus:N (N queues, one GPU each), "
+                   "slurm (array, one GPU per run), slurm:N or torchrun:N (each run data-parallel over N GPUs)")
 @friendly
 def sweep_cmd(sweep_file, methods, datasets, students, seeds, grids, sets, preset, teacher, source, data_root, out,
               device, dry_run, emit) -> None:

@@ -40,6 +40,13 @@ class BNStatistics:
         self._ema = {id(l): (e[0].to(l.running_mean), e[1].to(l.running_var))
                      for l, e in zip(self.layers, state) if e is not None}
 
+    def average_ema(self, average) -> None:
+        """Replace every layer's past (mean, var) by `average` of them (a callable that averages a list
+        of tensors in place, e.g. over the processes of a data-parallel run)."""
+        pairs = [(key, (m.detach().clone(), v.detach().clone())) for key, (m, v) in self._ema.items()]
+        average([t for _, pair in pairs for t in pair])
+        self._ema = dict(pairs)
+
     def _hook(self, module: _BatchNorm, inputs, output) -> None:
         x = inputs[0]
         dims = [0] + list(range(2, x.dim()))

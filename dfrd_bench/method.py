@@ -12,18 +12,24 @@ own, through four verbs:
 Optional: `end_epoch(ctx) -> logs` after the distillation stage. Draw every random number from
 `ctx` (ctx.randn / ctx.rand / ctx.randint / ctx.multinomial) or the global torch RNG, both of
 which are checkpointed, so a resumed run ends with the same student.
+
+Data-parallel runs (`torchrun`, docs/adding-a-method.md): a method that sets `data_parallel = True`
+synthesises its share of the batch (ctx.cfg holds the per-process batch sizes) and keeps whatever it
+shares across samples the same on every process with `ctx.average_gradients`, `ctx.average_buffers`,
+`ctx.sync_module`, `ctx.gather` and `ctx.average`; with one process they do nothing.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple
+from typing import Any, Callable, ClassVar, Dict, Iterable, List, Optional, Tuple
 
 import torch
 
 from .acceleration import Accelerator
 from .config import Config
+from .distributed import World
 from .models import Classifier
 from .pool import SamplePool
 from .registry import Registry
@@ -76,6 +82,35 @@ class MethodContext:
     rank: int = 0
     # speed settings: autocast for training passes, compiled attack passes (dfrd_bench/acceleration.py)
     accel: Accelerator = field(default_factory=lambda: Accelerator(torch.device("cpu")))
+    world: World = field(default_factory=World)  # the processes of a data-parallel run (one by default)
+
+    @property
+    def world_size(self) -> int:
+        return self.world.size
+
+    # Keeping what a method shares across samples the same on every process of a data-parallel run
+    # (each a no-op with one process).
+    def average_gradients(self, params: Iterable[torch.nn.Parameter]) -> None:
+        """Between backward() and the optimiser step of a shared module (a generator, a head; not
+        per-sample tensors such as z): the gradient of the loss over the global batch."""
+        self.world.average_gradients(params)
+
+    def average_buffers(self, module: torch.nn.Module) -> None:
+        """After forwards in train mode: BatchNorm running statistics averaged over the processes."""
+        self.world.average_buffers(module)
+
+    def sync_module(self, module: torch.nn.Module) -> None:
+        """After a (re-)initialisation drawn per process: rank 0's parameters and buffers everywhere."""
+        self.world.broadcast_module(module)
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        """Every process's rows of `t`, in rank order: per-sample values a method turns into shared
+        state (class statistics, a memory bank)."""
+        return self.world.gather(t)
+
+    def average(self, tensors: Iterable[torch.Tensor]) -> None:
+        """In place, each tensor's mean over the processes (statistics a method keeps across steps)."""
+        self.world.average_(tensors)
 
     # Random draws from the run's own stream, moved to the device.
     def randn(self, *shape: int) -> torch.Tensor:
@@ -106,6 +141,9 @@ class Method:
     ranges: ClassVar[Dict[str, Any]] = {}
     presets: ClassVar[Dict[str, Dict[str, Dict[str, Any]]]] = {}
     variants: ClassVar[Dict[str, Dict[str, Any]]] = {}
+    # True once the method keeps its shared state the same on every process of a data-parallel run
+    # (the ctx hooks above); the runner refuses torchrun with several processes otherwise.
+    data_parallel: ClassVar[bool] = False
 
     def setup(self, ctx: MethodContext) -> None:
         pass

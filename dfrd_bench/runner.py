@@ -10,6 +10,10 @@ from the last finished epoch and, on a CPU with the same seed, ends with the sam
 uninterrupted run. The final evaluation saves its progress after every batch (eval_progress.pt), so
 a run killed while evaluating resumes at its first unfinished batch with the same numbers. The
 result is always the final student: no checkpoint is chosen on test data.
+
+Under `torchrun --nproc_per_node=N` one run is data-parallel over N processes (dfrd_bench.distributed):
+each synthesises its share of the batch, trains the student on its slice of the global batch with
+averaged gradients, and rank 0 alone writes files; with one process nothing changes.
 """
 from __future__ import annotations
 
@@ -17,7 +21,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import random
 import shutil
 import time
@@ -34,15 +37,16 @@ from .checkpoints import save_model, sha256_file, weights_sha256
 from .augment import random_crop_flip
 from .config import DEFAULTS_VERSION, STUDENT_SCHEDULES, Config, resolve_config, student_steps
 from .data import get_dataset_spec, load_split
+from .distributed import World, session
 from .errors import DfrdError, DivergenceError, first_line
 from .evaluate import evaluate, non_finite_parameters, parse_attacks
-from .method import Batch, MethodContext, get_method
+from .method import Batch, Method, MethodContext, Samples, get_method
 from .models import build_model, count_parameters
 from .pool import SamplePool
 from .provenance import provenance
 from .store import read_result, write_result
 from .teachers import describe_spec, load_teacher
-from .utils import atomic_torch_save, pick_device, progress, seed_everything
+from .utils import atomic_torch_save, progress, seed_everything
 
 STATE_FILE = "state.pt"
 EVAL_PROGRESS_FILE = "eval_progress.pt"  # the final evaluation's progress, removed once result.json is written
@@ -94,40 +98,82 @@ def student_lr_at(cfg: Config, epoch: int) -> float:
     raise RunError(f"unknown student_schedule {cfg.student_schedule!r}; use {', '.join(STUDENT_SCHEDULES)}")
 
 
-def student_batch(pool: SamplePool, cfg: Config, rng: torch.Generator) -> Batch:
+def student_batch(pool: SamplePool, cfg: Config, rng: torch.Generator, world: Optional[World] = None) -> Batch:
     """One student-stage batch from the pool, crop+flip augmented when cfg.student_augment, with
-    every random draw from the run's generator (so a resumed run draws the same batches)."""
+    every random draw from the run's generator (so a resumed run draws the same batches). In a
+    data-parallel run every rank draws the same global batch (same pool, same shared generator) and
+    keeps its slice: the slices together are the single-process batch."""
     x, y = pool.latest(cfg.batch_size) if cfg.pool_sampling == "latest" else pool.sample(cfg.batch_size, rng)
     if cfg.student_augment:
         x = random_crop_flip(x, padding=4, generator=rng)
+    if world is not None and world.parallel:
+        share = cfg.batch_size // world.size
+        x, y = x[world.rank * share:(world.rank + 1) * share], y[world.rank * share:(world.rank + 1) * share]
     return Batch(x, y)
 
 
 def make_context(cfg: Config, dataset: str, device: torch.device, rng: torch.Generator,
-                 model_dir: Optional[str] = None, rank: int = 0) -> MethodContext:
+                 model_dir: Optional[str] = None, rank: int = 0, world: Optional[World] = None) -> MethodContext:
     """Teacher (frozen, eval), fresh student, empty pool and speed settings: what a method sees.
-    Shared by `run` and `dfrd-bench bench`, so the benchmark times the models a run trains."""
+    Shared by `run` and `dfrd-bench bench`, so the benchmark times the models a run trains. In a
+    data-parallel run (`world`) rank 0 loads the teacher first (a download happens once) and the
+    method sees its rank's share of the batch sizes."""
+    world = world or World()
     spec = get_dataset_spec(dataset)
-    teacher = load_teacher(cfg.teacher, dataset, arch=cfg.teacher_arch, model_dir=model_dir).to(device)
+    teacher = world.main_first(lambda: load_teacher(cfg.teacher, dataset, arch=cfg.teacher_arch,
+                                                    model_dir=model_dir)).to(device)
     teacher.eval().requires_grad_(False)
     student = build_model(cfg.student, spec.num_classes, spec.image_size, spec.mean, spec.std).to(device)
     if cfg.channels_last:  # channels-last conv weights: 1.4-1.8x faster on CPU (docs/running.md)
         teacher.to(memory_format=torch.channels_last)
         student.to(memory_format=torch.channels_last)
-    return MethodContext(teacher=teacher, student=student, cfg=cfg, device=device, rng=rng,
+    return MethodContext(teacher=teacher, student=student, cfg=rank_config(cfg, world), device=device, rng=rng,
                          pool=SamplePool(cfg.pool_max, device), num_classes=spec.num_classes,
-                         image_size=spec.image_size, rank=rank, accel=Accelerator.from_config(cfg, device))
+                         image_size=spec.image_size, rank=world.rank if world.parallel else rank,
+                         accel=Accelerator.from_config(cfg, device), world=world)
 
 
-def student_step(method: Any, ctx: MethodContext, opt: torch.optim.Optimizer,
+def student_step(method: Method, ctx: MethodContext, opt: torch.optim.Optimizer,
                  batch: Batch) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-    """One student iteration: the method's loss (under the run's autocast), backward, SGD step."""
+    """One student iteration: the method's loss (under the run's autocast), backward, SGD step. In a
+    data-parallel run the gradients are averaged over the ranks between backward and step (the
+    gradient of the global batch's mean loss: what DistributedDataParallel computes; its wrapper is
+    not used because methods call the student several times per step, in eval mode for input-gradient
+    attacks), and so are the BatchNorm running statistics after the step."""
     with ctx.accel.autocast():
         loss, logs = method.student_loss(ctx, batch)
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    ctx.world.average_gradients(ctx.student.parameters())
     opt.step()
+    ctx.world.average_buffers(ctx.student)
     return loss, logs
+
+
+def rank_config(cfg: Config, world: World) -> Config:
+    """The settings a method sees on this rank: its share of synthesis_batch_size and batch_size."""
+    if not world.parallel:
+        return cfg
+    return Config({**cfg.to_dict(), "synthesis_batch_size": cfg.synthesis_batch_size // world.size,
+                   "batch_size": cfg.batch_size // world.size})
+
+
+def check_data_parallel(method_cls: type, cfg: Config, world: World) -> None:
+    """Refuse, with one line, what a data-parallel run cannot do as one process would."""
+    if not world.parallel:
+        return
+    if not getattr(method_cls, "data_parallel", False):
+        raise RunError(f"method {method_cls.name} does not declare data-parallel support (Method.data_parallel): "
+                       "run it as one process, or see docs/adding-a-method.md, 'Data-parallel runs'")
+    for key in ("synthesis_batch_size", "batch_size"):
+        if cfg[key] % world.size:
+            raise RunError(f"{key} {cfg[key]} does not split evenly over {world.size} processes: "
+                           f"start a number of processes that divides it, or --set {key}=...")
+
+
+def shared_seed(seed: int) -> int:
+    """The seed of the stream every rank shares (student batches): apart from every rank's own."""
+    return (int(seed) * 1_000_003 + 0x5EED) % (2**63)
 
 
 def training_eta(records: List[Dict[str, Any]], epochs_left: int) -> float:
@@ -143,11 +189,34 @@ def _clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
-def _rng_states(ctx: MethodContext) -> Dict[str, Any]:
+def _gather_samples(samples: Samples, world: World) -> Samples:
+    """Every rank's samples in rank order, so every rank adds the same global batch to its pool
+    (the logs stay this rank's)."""
+    if not world.parallel:
+        return samples
+    y = world.gather(samples.y) if samples.y is not None else None
+    return Samples(world.gather(samples.x), y, samples.logs)
+
+
+def _mean_over_ranks(world: World, last_loss: torch.Tensor, sums: Dict[str, torch.Tensor]):
+    """The epoch's loss sums and last loss averaged over the ranks: the global batch's, and the same
+    on every rank, so every rank takes the same divergence decision."""
+    if not world.parallel:
+        return last_loss, sums
+    keys = list(sums)
+    stacked = torch.stack([last_loss.detach().float().reshape(())] + [torch.as_tensor(sums[k]).float().reshape(())
+                                                                       .to(last_loss.device) for k in keys])
+    world.average_([stacked])
+    return stacked[0], dict(zip(keys, stacked[1:]))
+
+
+def _rng_states(ctx: MethodContext, batch_rng: Optional[torch.Generator] = None) -> Dict[str, Any]:
     states = {"ctx": ctx.rng.get_state(), "torch": torch.get_rng_state(),
               "numpy": json.dumps(_np_state()), "python": json.dumps(_py_state())}
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
+    if batch_rng is not None:  # data-parallel runs: the stream every rank shares
+        states["batch"] = batch_rng.get_state()
     return states
 
 
@@ -161,8 +230,10 @@ def _py_state():
     return [version, list(internal), gauss]
 
 
-def _restore_rng(ctx: MethodContext, states: Dict[str, Any]) -> None:
+def _restore_rng(ctx: MethodContext, states: Dict[str, Any], batch_rng: Optional[torch.Generator] = None) -> None:
     ctx.rng.set_state(states["ctx"])
+    if batch_rng is not None:
+        batch_rng.set_state(states["batch"])
     torch.set_rng_state(states["torch"])
     kind, keys, pos, has_gauss, cached = json.loads(states["numpy"])
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
@@ -254,26 +325,122 @@ def _check_student(student: torch.nn.Module, last_loss: torch.Tensor, means: Dic
                               "epoch: lower student_lr with --set, or check the teacher")
 
 
+def _silent(message: str) -> None:
+    pass
+
+
 def run(req: RunRequest, log: Callable[[str], None] = print,
         after_epoch: Optional[Callable[[int], None]] = None) -> Dict[str, Any]:
-    """Run one method end to end and return its result (also written to <out>/<run>/result.json)."""
+    """Run one method end to end and return its result (also written to <out>/<run>/result.json).
+
+    Under torchrun with several processes every process calls this: rank 0 holds the run-folder
+    lock, logs and writes every file, and every process returns the same result."""
     method_cls = get_method(req.method)
     cfg = resolve_config(method_cls, req.dataset, req.preset, req.overrides)
     if not cfg.teacher:
         raise RunError(f"preset {req.preset} has no teacher for {req.dataset}: pass --teacher SPEC")
     attacks = ",".join(parse_attacks(cfg.attacks))  # a bad attack list fails now, not after training
-    device = pick_device(req.device)
-    run_dir = Path(req.out) / (req.run_name or run_name_for(req, cfg))
-    result_path = run_dir / RESULT_FILE
-    if result_path.exists() and req.resume:
-        log(f"{run_dir} is already finished")
-        return read_result(result_path)
-    with run_folder_lock(run_dir):
-        return _run_locked(req, cfg, method_cls, run_dir, device, attacks, log, after_epoch)
+    with session(req.device) as (world, device):
+        check_data_parallel(method_cls, cfg, world)
+        log = log if world.is_main else _silent
+        run_dir = Path(req.out) / (req.run_name or run_name_for(req, cfg))
+        result_path = run_dir / RESULT_FILE
+        if result_path.exists() and req.resume:
+            log(f"{run_dir} is already finished")
+            return read_result(result_path)
+        with contextlib.ExitStack() as held:
+            # one lock per run folder, held by rank 0; if rank 0 cannot take it, every rank stops
+            world.on_main(lambda: held.enter_context(run_folder_lock(run_dir)))
+            return _run_locked(req, cfg, method_cls, run_dir, device, attacks, log, after_epoch, world)
+
+
+def _rank_streams(ctx: MethodContext, seed: int) -> torch.Generator:
+    """From here on each rank draws from its own stream (rank 0 keeps the one it built with) and
+    returns the stream of the student batches: the run's own stream in one process (as always),
+    a separate one that every rank shares in a data-parallel run."""
+    world = ctx.world
+    if not world.parallel:
+        return ctx.rng
+    if world.rank > 0:
+        ctx.rng = seed_everything(seed, world.rank)
+    return torch.Generator().manual_seed(shared_seed(seed))
+
+
+def _check_world(state: Dict[str, Any], state_path: Path, world: World) -> None:
+    saved = int(state.get("world_size", 1))
+    if saved != world.size:
+        raise RunError(f"{state_path} was written by a run on {saved} process(es), this one has {world.size}: "
+                       f"resume it on {saved} (torchrun --nproc_per_node={saved}; 1: plain dfrd-bench run)")
+
+
+def _resume(state_path: Path, cfg: Config, identity: Dict[str, Any], ctx: MethodContext, opt: torch.optim.Optimizer,
+            method: Method, batch_rng: torch.Generator, log: Callable[[str], None]) -> Tuple[List[Dict[str, Any]], int, float]:
+    """Load the state every rank continues from (each its own RNG streams); (history, epoch, seconds)."""
+    st = _load_state(state_path)
+    _check_same_run(st, state_path, cfg, identity, log)
+    world = ctx.world
+    _check_world(st, state_path, world)
+    ctx.student.net.load_state_dict(st["student"])
+    opt.load_state_dict(st["opt"])
+    method.load_state_dict(st["method"])
+    ctx.pool.load_state_dict(st["pool"])
+    if world.parallel:
+        _restore_rng(ctx, st["rng_ranks"][world.rank], batch_rng)
+    else:
+        _restore_rng(ctx, st["rng"])
+    return json.loads(st["history"]), st["epoch"], st["train_seconds"]
+
+
+def _student_stage(method: Method, ctx: MethodContext, opt: torch.optim.Optimizer, cfg: Config,
+                   batch_rng: torch.Generator, name: str) -> Dict[str, Any]:
+    """One epoch's distillation stage; returns its history entries (lr and mean losses)."""
+    lr = student_lr_at(cfg, ctx.epoch)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    ctx.student.train()
+    sums: Dict[str, torch.Tensor] = {}
+    for _ in progress(range(cfg.student_iters), desc=f"epoch {ctx.epoch + 1}/{cfg.epochs} distill", unit="it"):
+        loss, logs = student_step(method, ctx, opt, student_batch(ctx.pool, cfg, batch_rng, ctx.world))
+        for k, v in {"loss": loss, **logs}.items():
+            sums[k] = sums.get(k, 0) + v.detach().float()
+    loss, sums = _mean_over_ranks(ctx.world, loss, sums)
+    means = {k: float(v) / max(1, cfg.student_iters) for k, v in sums.items()}
+    _check_student(ctx.student, loss.detach(), means, name, ctx.epoch + 1)
+    return {"lr": lr, **{f"student/{k}": v for k, v in means.items()}}
+
+
+def _checkpoint(state_path: Path, ctx: MethodContext, opt: torch.optim.Optimizer, method: Method,
+                batch_rng: torch.Generator, cfg: Config, history: List[Dict[str, Any]], epoch: int,
+                identity: Dict[str, Any], train_seconds: float) -> None:
+    """Write the resume state (rank 0, with every rank's RNG states), after checking that every rank
+    holds the same student, optimiser, method state and pool: the file then describes them all."""
+    world, pool = ctx.world, ctx.pool
+    method_state = method.state_dict()
+    world.check_same(f"the run state after epoch {epoch}", {
+        "student": ctx.student.net.state_dict(), "opt": opt.state_dict(), "method": method_state,
+        "pool": {"images": pool.images, "labels": pool.labels}})
+    rngs = world.all_gather_object(_rng_states(ctx, batch_rng if world.parallel else None))
+    extra = {"world_size": world.size, **({"rng_ranks": rngs} if world.parallel else {})}
+    world.on_main(lambda: atomic_torch_save({
+        "config": json.dumps(cfg.to_dict(), default=str), "student": ctx.student.net.state_dict(),
+        "opt": opt.state_dict(), "method": method_state, "pool": pool.state_dict(),
+        "rng": rngs[0], "history": json.dumps(history), "epoch": epoch, "identity": identity,
+        "train_seconds": train_seconds, **extra,
+    }, state_path))
+
+
+def _remove(path: Path) -> bool:
+    """Remove `path` if it exists; whether it did."""
+    if not path.exists():
+        return False
+    path.unlink()
+    return True
 
 
 def _run_locked(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, device: torch.device, attacks: str,
-                log: Callable[[str], None], after_epoch: Optional[Callable[[int], None]]) -> Dict[str, Any]:
+                log: Callable[[str], None], after_epoch: Optional[Callable[[int], None]],
+                world: Optional[World] = None) -> Dict[str, Any]:
+    world = world or World()
     spec = get_dataset_spec(req.dataset)
     state_path, result_path = run_dir / STATE_FILE, run_dir / RESULT_FILE
     if result_path.exists():
@@ -283,35 +450,33 @@ def _run_locked(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, d
     if req.resume and not state_path.exists():
         log(f"no checkpoint in {run_dir}: starting fresh")
 
-    rank = int(os.environ.get("RANK", 0))
-    rng = seed_everything(req.seed, rank)
-    # Load everything that can fail before any training: teacher, student, test data.
-    ctx = make_context(cfg, req.dataset, device, rng, model_dir=req.model_dir, rank=rank)
+    # Everything is built under rank 0's seed, so that teacher (a random: one too), student and
+    # method start the same on every rank of a data-parallel run.
+    rng = seed_everything(req.seed, 0)
+    # Load everything that can fail before any training: teacher, student, test data (rank 0 first:
+    # a download or a cache write happens once).
+    ctx = make_context(cfg, req.dataset, device, rng, model_dir=req.model_dir, world=world)
     teacher, student, pool = ctx.teacher, ctx.student, ctx.pool
-    test = load_split(req.dataset, "test", req.source, req.data_root)
+    test = world.main_first(lambda: load_split(req.dataset, "test", req.source, req.data_root))
     method = method_cls()
     method.setup(ctx)
+    batch_rng = _rank_streams(ctx, req.seed)
     opt = torch.optim.SGD(student.parameters(), lr=cfg.student_lr, momentum=cfg.student_momentum,
                           weight_decay=cfg.student_weight_decay)
     history: List[Dict[str, Any]] = []
     start_epoch, train_seconds = 0, 0.0
     identity = {"method": req.method, "seed": req.seed, "teacher_weights_sha256": weights_sha256(teacher),
                 "test_data_sha256": test.source.get("sha256")}
+    world.check_same("the teacher, test data, student or method state at the start",
+                     {"identity": identity, "student": student.net.state_dict(), "method": method.state_dict()})
     if req.resume and state_path.exists():
-        st = _load_state(state_path)
-        _check_same_run(st, state_path, cfg, identity, log)
-        student.net.load_state_dict(st["student"])
-        opt.load_state_dict(st["opt"])
-        method.load_state_dict(st["method"])
-        pool.load_state_dict(st["pool"])
-        _restore_rng(ctx, st["rng"])
-        history, start_epoch, train_seconds = json.loads(st["history"]), st["epoch"], st["train_seconds"]
+        history, start_epoch, train_seconds = _resume(state_path, cfg, identity, ctx, opt, method, batch_rng, log)
         log(f"resumed {run_dir} at epoch {start_epoch}/{cfg.epochs}")
-    elif (run_dir / EVAL_PROGRESS_FILE).exists():  # the evaluation of a student this fresh run replaces
-        (run_dir / EVAL_PROGRESS_FILE).unlink()
+    elif world.on_main(lambda: _remove(run_dir / EVAL_PROGRESS_FILE)):  # the evaluation of an earlier student
         log(f"removed {run_dir / EVAL_PROGRESS_FILE}: it belongs to an earlier student")
     log(f"{req.method} on {req.dataset} [{req.preset}]: teacher {cfg.teacher}, student {cfg.student} "
-        f"({count_parameters(student) / 1e6:.2f}M), {cfg.epochs} epochs -> {run_dir}")
+        f"({count_parameters(student) / 1e6:.2f}M), {cfg.epochs} epochs -> {run_dir}"
+        + (f", data-parallel over {world.size} processes" if world.parallel else ""))
 
     if ctx.accel.compile_attacks:
         log("compile: attack passes are compiled on first use (tens of seconds per model on a CPU)")
@@ -321,24 +486,14 @@ def _run_locked(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, d
         ctx.epoch = epoch
         with ctx.accel.autocast():
             samples = method.generate(ctx)
+        samples = _gather_samples(samples, world)
+        world.average_buffers(student)  # a method may run the student in train mode while generating (ZSKT)
         pool.add(samples.x, samples.y)
         last_samples = samples
         record: Dict[str, Any] = {"epoch": epoch + 1, "pool": len(pool)}
         record.update({f"gen/{k}": _to_float(v) for k, v in samples.logs.items()})
         if epoch >= cfg.warmup_epochs:
-            lr = student_lr_at(cfg, epoch)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            record["lr"] = lr
-            student.train()
-            sums: Dict[str, torch.Tensor] = {}
-            for _ in progress(range(cfg.student_iters), desc=f"epoch {epoch + 1}/{cfg.epochs} distill", unit="it"):
-                loss, logs = student_step(method, ctx, opt, student_batch(pool, cfg, rng))
-                for k, v in {"loss": loss, **logs}.items():
-                    sums[k] = sums.get(k, 0) + v.detach().float()
-            means = {k: float(v) / max(1, cfg.student_iters) for k, v in sums.items()}
-            _check_student(student, loss.detach(), means, req.method, epoch + 1)
-            record.update({f"student/{k}": v for k, v in means.items()})
+            record.update(_student_stage(method, ctx, opt, cfg, batch_rng, req.method))
         if teacher.training or any(p.requires_grad for p in teacher.parameters()):
             raise RunError(f"{req.method} left the teacher in train mode or unfrozen: teachers stay frozen in eval mode")
         record.update({k: _to_float(v) for k, v in method.end_epoch(ctx).items()})
@@ -351,21 +506,21 @@ def _run_locked(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, d
             log(json.dumps({**{k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.items()
                                if not isinstance(v, list)}, "eta": _clock(eta)}))
         if (epoch + 1) % cfg.checkpoint_every_epochs == 0 or epoch + 1 == cfg.epochs:
-            atomic_torch_save({
-                "config": json.dumps(cfg.to_dict(), default=str), "student": student.net.state_dict(),
-                "opt": opt.state_dict(), "method": method.state_dict(), "pool": pool.state_dict(),
-                "rng": _rng_states(ctx), "history": json.dumps(history), "epoch": epoch + 1, "identity": identity,
-                "train_seconds": train_seconds,
-            }, state_path)
+            _checkpoint(state_path, ctx, opt, method, batch_rng, cfg, history, epoch + 1, identity, train_seconds)
         if after_epoch is not None:
             after_epoch(epoch + 1)
 
     student.eval()
     student_path = run_dir / "student.pt"
-    save_model(student, student_path, req.dataset, spec.image_size,
-               meta={"method": req.method, "config": json.loads(json.dumps(cfg.to_dict(), default=str)), "seed": req.seed})
-    if last_samples is not None:
-        _save_grid(last_samples.x, last_samples.y, run_dir / "samples.png")
+
+    def save_outputs() -> None:
+        save_model(student, student_path, req.dataset, spec.image_size,
+                   meta={"method": req.method, "config": json.loads(json.dumps(cfg.to_dict(), default=str)),
+                         "seed": req.seed})
+        if last_samples is not None:
+            _save_grid(last_samples.x, last_samples.y, run_dir / "samples.png")
+
+    world.on_main(save_outputs)
 
     t_eval = time.time()
     settings = AttackSettings(eps=cfg.eps, seed=req.seed, batch_size=cfg.eval_batch_size,
@@ -374,31 +529,36 @@ def _run_locked(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, d
     limits = {"aa": cfg.aa_limit} if cfg.aa_limit and cfg.aa_limit < len(data) else {}
     evaluated = evaluate(student, data, attacks.split(","), settings, device=str(device),
                          batch_size=cfg.eval_batch_size, attack_limits=limits, log=log,
-                         progress_path=run_dir / EVAL_PROGRESS_FILE)
-    result = {
-        "kind": "run",
-        "method": req.method,
-        "variant": cfg.variant,
-        "preset": req.preset,
-        "dataset": req.dataset,
-        "seed": req.seed,
-        "teacher": {**describe_spec(cfg.teacher), "arch": teacher.arch},
-        "student": {"arch": cfg.student, "params": count_parameters(student)},
-        "model": {"spec": str(student_path), "arch": cfg.student, "num_classes": spec.num_classes,
-                  "checkpoint_sha256": sha256_file(student_path)},
-        "data_source": data.source,
-        "attacks": evaluated["attacks"],
-        "settings": {**evaluated["settings"], "eval_limit": cfg.eval_limit, "aa_limit": cfg.aa_limit},
-        "config": json.loads(json.dumps(cfg.to_dict(), default=str)),
-        "student_steps": student_steps(cfg),
-        "defaults_version": DEFAULTS_VERSION,
-        "overrides": {k: v for k, v in req.overrides.items()},
-        "history": history,
-        "wall_seconds": {"train": round(train_seconds, 1), "eval": round(time.time() - t_eval, 1)},
-        "speed": ctx.accel.describe(),
-        "run_dir": str(run_dir),
-        "provenance": provenance(device),
-    }
-    write_result(result, result_path)
-    (run_dir / EVAL_PROGRESS_FILE).unlink(missing_ok=True)  # only now: a kill before the write loses no attack
-    return result
+                         progress_path=run_dir / EVAL_PROGRESS_FILE if world.is_main else None)
+
+    def write() -> Dict[str, Any]:
+        result = {
+            "kind": "run",
+            "method": req.method,
+            "variant": cfg.variant,
+            "preset": req.preset,
+            "dataset": req.dataset,
+            "seed": req.seed,
+            "teacher": {**describe_spec(cfg.teacher), "arch": teacher.arch},
+            "student": {"arch": cfg.student, "params": count_parameters(student)},
+            "model": {"spec": str(student_path), "arch": cfg.student, "num_classes": spec.num_classes,
+                      "checkpoint_sha256": sha256_file(student_path)},
+            "data_source": data.source,
+            "attacks": evaluated["attacks"],
+            "settings": {**evaluated["settings"], "eval_limit": cfg.eval_limit, "aa_limit": cfg.aa_limit,
+                         "world_size": world.size},
+            "config": json.loads(json.dumps(cfg.to_dict(), default=str)),
+            "student_steps": student_steps(cfg),
+            "defaults_version": DEFAULTS_VERSION,
+            "overrides": {k: v for k, v in req.overrides.items()},
+            "history": history,
+            "wall_seconds": {"train": round(train_seconds, 1), "eval": round(time.time() - t_eval, 1)},
+            "speed": ctx.accel.describe(),
+            "run_dir": str(run_dir),
+            "provenance": {**provenance(device), "world_size": world.size},
+        }
+        write_result(result, result_path)
+        (run_dir / EVAL_PROGRESS_FILE).unlink(missing_ok=True)  # only now: a kill before the write loses no attack
+        return result
+
+    return world.on_main(write)

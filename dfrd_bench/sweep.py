@@ -3,7 +3,8 @@
 Every point of the grid is an ordinary `dfrd-bench run` with the same folder name it would get from the
 command line, so a sweep finds its own finished runs (skipped), its interrupted ones (resumed from their
 last epoch) and runs the rest one after another. For larger machines it prints the same runs as command
-lines: plain, one queue per GPU, a SLURM job array, or torchrun launches.
+lines: plain, one queue per GPU, a SLURM job array (one GPU, or N GPUs of one data-parallel run per task),
+or torchrun launches (each run data-parallel over N processes).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from .runner import RESULT_FILE, STATE_FILE, RunRequest, run, run_name_for
 
 SWEEP_KEYS = ("preset", "datasets", "methods", "students", "seeds", "grid", "set", "out", "source", "data_root",
               "teacher", "device")
-EMIT_MODES = ("local", "gpus:N", "slurm", "torchrun")
+EMIT_MODES = ("local", "gpus:N", "slurm", "slurm:N", "torchrun", "torchrun:N")
 
 
 @dataclass
@@ -148,7 +149,7 @@ def _write_error_log(run_dir: Path, exc: BaseException) -> Path:
 def command_line(p: PlannedRun, program: str = "dfrd-bench") -> str:
     """The `dfrd-bench run` command of one grid point (resumable, so safe to re-run)."""
     req = p.request
-    args = [program, "run", "--method", req.method, "--dataset", req.dataset, "--preset", req.preset,
+    args = [*shlex.split(program), "run", "--method", req.method, "--dataset", req.dataset, "--preset", req.preset,
             "--seed", str(req.seed), "--out", req.out, "--resume"]
     sets = dict(p.sets)
     for flag in ("student", "teacher"):
@@ -164,16 +165,32 @@ def command_line(p: PlannedRun, program: str = "dfrd-bench") -> str:
     return " ".join(shlex.quote(a) for a in args)
 
 
+def _count(mode: str, default: Optional[int] = None) -> int:
+    """N of 'gpus:N', 'slurm:N', 'torchrun:N' (a whole number >= 1); `default` when there is no ':N'."""
+    kind, _, text = mode.partition(":")
+    if not text and default is not None:
+        return default
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ConfigError(f"--emit {mode}: write {kind}:N with N a number of GPUs >= 1, e.g. {kind}:4")
+    return n
+
+
+def torchrun_program(n: int) -> str:
+    """The launcher of one run data-parallel over n processes on this node (a free port per launch)."""
+    return f"torchrun --standalone --nproc_per_node={n} -m dfrd_bench.cli"
+
+
 def emit(planned: Sequence[PlannedRun], mode: str = "local", include_done: bool = False) -> str:
     """The unfinished runs as command lines for `mode` (see EMIT_MODES)."""
     todo = [p for p in planned if include_done or p.status != "done"]
     if mode == "local":
         return "\n".join(command_line(p) for p in todo)
     if mode.startswith("gpus:"):
-        try:
-            n = int(mode.split(":", 1)[1])
-        except ValueError:
-            raise ConfigError(f"--emit {mode}: write gpus:N with N the number of GPUs, e.g. gpus:4") from None
+        n = _count(mode)
         queues: List[List[str]] = [[] for _ in range(max(1, n))]
         for i, p in enumerate(todo):
             queues[i % len(queues)].append(command_line(p))
@@ -182,18 +199,29 @@ def emit(planned: Sequence[PlannedRun], mode: str = "local", include_done: bool 
             if cmds:
                 lines.append(f"(export CUDA_VISIBLE_DEVICES={gpu}; " + " ; ".join(cmds) + ") &")
         return "\n".join(lines + ["wait"])
-    if mode == "slurm":
-        body = "\n".join(f"  {shlex.quote(command_line(p))}" for p in todo)
-        return "\n".join([
-            "#!/bin/bash",
-            f"#SBATCH --job-name=dfrd-sweep --array=0-{max(0, len(todo) - 1)} --gres=gpu:1 --cpus-per-task=8",
-            "#SBATCH --output=logs/%x-%A_%a.out --requeue",
-            "# one run per array task; a requeued task resumes from its last checkpoint",
-            "RUNS=(", body, ")",
-            'eval "${RUNS[$SLURM_ARRAY_TASK_ID]}"',
-        ])
-    if mode == "torchrun":
-        return "\n".join(["# one process per run (the runner is single-process; DDP is on the roadmap)"] +
-                         [command_line(p, program="torchrun --standalone --nproc_per_node=1 -m dfrd_bench.cli")
-                          for p in todo])
+    if mode == "slurm" or mode.startswith("slurm:"):
+        return _slurm(todo, _count(mode) if ":" in mode else None)
+    if mode == "torchrun" or mode.startswith("torchrun:"):
+        n = _count(mode, default=1)
+        head = (f"# one run at a time, each data-parallel over {n} processes (GPUs); resumable, so re-running continues"
+                if n > 1 else "# one run at a time, one process each (torchrun:N makes each run data-parallel over N)")
+        return "\n".join([head] + [command_line(p, program=torchrun_program(n)) for p in todo])
     raise ConfigError(f"unknown --emit {mode!r}: use one of {', '.join(EMIT_MODES)}")
+
+
+def _slurm(todo: Sequence[PlannedRun], gpus: Optional[int]) -> str:
+    """A job array, one run per task: on one GPU (`slurm`), or data-parallel over N GPUs of one node
+    with torchrun (`slurm:N`)."""
+    n = gpus or 1
+    program = "dfrd-bench" if gpus is None else torchrun_program(n)
+    body = "\n".join(f"  {shlex.quote(command_line(p, program=program))}" for p in todo)
+    what = "one run per array task" + (f", data-parallel over {n} GPUs (torchrun)" if gpus else "")
+    return "\n".join([
+        "#!/bin/bash",
+        f"#SBATCH --job-name=dfrd-sweep --array=0-{max(0, len(todo) - 1)} {'--nodes=1 ' if gpus else ''}"
+        f"--gres=gpu:{n} --cpus-per-task={8 * n}",
+        "#SBATCH --output=logs/%x-%A_%a.out --requeue",
+        f"# {what}; a requeued task resumes from its last checkpoint",
+        "RUNS=(", body, ")",
+        'eval "${RUNS[$SLURM_ARRAY_TASK_ID]}"',
+    ])

@@ -69,11 +69,13 @@ def atomic_torch_save(obj: Any, path: Union[str, Path]) -> None:
 
 
 def progress(iterable: Optional[Iterable] = None, **kwargs):
-    """tqdm that stays quiet when stderr is not a terminal unless DFRD_PROGRESS=1 (keeps CI logs short)."""
+    """tqdm that stays quiet when stderr is not a terminal unless DFRD_PROGRESS=1 (keeps CI logs short),
+    and on every process but rank 0 of a data-parallel run (one set of bars per run)."""
     from tqdm.auto import tqdm
 
     env = os.environ.get("DFRD_PROGRESS")
     disable = (env == "0") if env is not None else not sys.stderr.isatty()
+    disable = disable or os.environ.get("RANK", "0").strip() not in ("", "0")  # not rank 0 of a torchrun
     kwargs.setdefault("dynamic_ncols", True)
     kwargs.setdefault("leave", False)
     return tqdm(iterable, disable=disable, **kwargs)
@@ -82,7 +84,7 @@ def progress(iterable: Optional[Iterable] = None, **kwargs):
 def seed_everything(seed: int, rank: int = 0) -> "torch.Generator":  # noqa: F821
     """Seed python/numpy/torch for this process and return a torch.Generator for explicit streams.
 
-    The rank offset keeps data-parallel workers decorrelated once runs go multi-GPU.
+    The rank offset gives every process of a data-parallel run its own streams.
     """
     import torch
 

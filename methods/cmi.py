@@ -187,6 +187,7 @@ class CMI(RobustKDMethod):
         "local_scale_min": 0.25,      # the local view's random resized crop covers 25-100 % of the image
     }
     runner_defaults = {"student_augment": True}  # CMI's (Fast-Datafree's) KD loop crops and flips every pool batch
+    data_parallel = True  # generator, head and memory bank kept the same on every process
     presets = {
         "quick": {"*": {"bank_size": 4096, "n_neg": 512, "rslad_steps": 5}},
         "smoke": {"*": {"bank_size": 12, "n_neg": 8, "rslad_steps": 2}},
@@ -233,6 +234,7 @@ class CMI(RobustKDMethod):
         cfg, teacher, student = ctx.cfg, ctx.teacher, ctx.student
         n = cfg.synthesis_batch_size
         reinit_generator_(self.generator, cfg.gen_init)  # CMI synthesises every round from scratch
+        ctx.sync_module(self.generator)  # data-parallel: the re-initialisation is drawn per process
         self.generator.train()
         y = ctx.randint(ctx.num_classes, n)
         z = ctx.randn(n, cfg.latent_dim).requires_grad_(True)
@@ -275,6 +277,8 @@ class CMI(RobustKDMethod):
                 opt.zero_grad(set_to_none=True)
                 self.head_opt.zero_grad(set_to_none=True)
                 total.backward()
+                # data-parallel: generator and head are shared by the global batch, z is per sample
+                ctx.average_gradients(list(self.generator.parameters()) + list(self.head.parameters()))
                 opt.step()
                 if use_cr:
                     self.head_opt.step()
@@ -289,7 +293,7 @@ class CMI(RobustKDMethod):
         finally:
             student.requires_grad_(True).train(was_training)
         if best_feat is not None:
-            self.bank.add(best_feat)
+            self.bank.add(ctx.gather(best_feat))  # every process's rows, in the order of the pool
         logs: Dict[str, Any] = {k: v / max(1, cfg.gen_iters) for k, v in sums.items()}
         logs["bank"] = len(self.bank)
         return Samples(best_x, y, logs)

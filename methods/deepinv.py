@@ -176,6 +176,7 @@ class DeepInversion(RobustKDMethod):
         # aliases the optimised tensor); 'best' keeps a copy of the lowest-loss iterate
         "select": "last",
     }
+    data_parallel = True  # pixels are per sample: nothing is shared between processes
     runner_defaults = {"student_augment": True}  # the KD loop the FERD paper ran DeepInv in (Fast-Datafree's) crops and flips every pool batch
     presets = {
         # FERD Section 5.1: 200 generator (here pixel) iterations per epoch for every method
@@ -207,8 +208,8 @@ class DeepInversion(RobustKDMethod):
         self.mean, self.std = tuple(spec.mean), tuple(spec.std)
 
     def _labels(self, ctx: MethodContext, n: int) -> torch.Tensor:
-        if ctx.cfg.balanced_labels:
-            return (torch.arange(n) % ctx.num_classes).to(ctx.device)
+        if ctx.cfg.balanced_labels:  # this process's rows of the cycle over the global batch
+            return ((torch.arange(n) + ctx.rank * n) % ctx.num_classes).to(ctx.device)
         return ctx.randint(ctx.num_classes, n)
 
     def _offsets(self, ctx: MethodContext) -> Tuple[int, int, bool]:

@@ -150,6 +150,7 @@ class DFHL(Method):
         "quick": {"cifar100": dict(_CIFAR100)},
         "smoke": {"*": {"hee_steps": 2}, "cifar100": dict(_CIFAR100)},
     }
+    data_parallel = True  # the generator's gradients and BN statistics are averaged over the processes
     variants: Dict[str, Dict[str, Any]] = {
         "authors": {"*": {}, "paper": {"epochs": 300, "student_iters": 500, "student_weight_decay": 1e-4}},
     }
@@ -194,6 +195,7 @@ class DFHL(Method):
                 best_x = best.update(total, x)
                 opt.zero_grad(set_to_none=True)
                 total.backward()
+                ctx.average_gradients(self.generator.parameters())  # data-parallel; z is per sample
                 opt.step()
                 for k, v in {"total": total, "kl": kl, "balance": balance}.items():
                     sums[k] = sums.get(k, 0) + v.detach()
@@ -202,6 +204,7 @@ class DFHL(Method):
         if best_x is None:  # gen_iters = 0: the generator as it stands
             with torch.no_grad():
                 best_x = self.generator(z)
+        ctx.average_buffers(self.generator)
         # label the images as the pool stores them (uint8), so the stored label is the teacher's on the stored image
         x_pool = SamplePool.quantize(best_x).float().div_(255.0)
         labels = self.oracle(x_pool)
@@ -232,8 +235,10 @@ class DFHL(Method):
         return loss, logs
 
     def end_epoch(self, ctx: MethodContext) -> Dict[str, Any]:
-        # queries of the clone-training stage (the paper's query budget) and of the pool labels
-        return {"queries": self.oracle.queries - self.pool_queries, "pool_queries": self.pool_queries}
+        # queries of the clone-training stage (the paper's query budget) and of the pool labels; each
+        # process of a data-parallel run counts its equal share
+        n = ctx.world_size
+        return {"queries": n * (self.oracle.queries - self.pool_queries), "pool_queries": n * self.pool_queries}
 
     # -- resume ----------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:

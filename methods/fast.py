@@ -91,6 +91,11 @@ class MomentumBNLoss:
         """Per BN layer (model order), the (mean, var) that the next loss blends with, or None."""
         return self.stats.ema_state()
 
+    def average_past(self, average: Callable[[List[torch.Tensor]], None]) -> None:
+        """Replace the past statistics by `average` of them (their mean over the processes of a
+        data-parallel run: exact for the means, the within-process variances for the variances)."""
+        self.stats.average_ema(average)
+
     def state_dict(self) -> Dict[str, Any]:
         return {"past": self.stats.ema_state()}
 
@@ -118,6 +123,7 @@ class Fast(RobustKDMethod):
         "reinit_first_layers": True, "reinit_after_warmup": 120,
     }
     runner_defaults = {"student_augment": True}  # Fast-Datafree's KD loop crops and flips every pool batch
+    data_parallel = True  # meta generator, clone and BN-momentum statistics kept the same on every process
     presets = {
         # Fast-10 with the authors' 20 warm-up epochs (generation only) in front of the suite's 220
         # student epochs (budget policy, docs/methods.md; the authors' 220 include the warm-up)
@@ -163,7 +169,9 @@ class Fast(RobustKDMethod):
         reinit = ctx.epoch == self.reinit_epoch(ctx.cfg)
         if reinit:
             self.generator.reinit_first_layers(generator=ctx.rng)
+            ctx.sync_module(self.generator)  # data-parallel: each process drew its own; rank 0's are kept
         clone, best_x, y, logs = self.adapt(ctx)
+        self.bn_loss.average_past(ctx.average)  # data-parallel: each process blended its own batch statistics
         self.meta_step(ctx, clone)
         logs["reinit"] = float(reinit)
         return Samples(best_x, y, logs)
@@ -199,6 +207,7 @@ class Fast(RobustKDMethod):
                 total = cfg.lambda_bn * terms["bn"] + cfg.lambda_oh * terms["oh"] + cfg.lambda_adv * terms.get("adv", zero)
                 opt.zero_grad(set_to_none=True)
                 total.backward()
+                ctx.average_gradients(clone.parameters())  # before MAML reads them; z is per sample
                 if maml:
                     fomaml_accumulate_(self.generator, clone)
                 opt.step()

@@ -204,6 +204,7 @@ class FERD(Method):
         "quick": {"*": {"ib_steps": 10, "reweight_pgd_steps": 10, "utae_steps": 5, "utae_step": 8 / 255 / 4}},
         "smoke": {"*": {"ib_steps": 2, "reweight_pgd_steps": 2, "utae_steps": 2}},
     }
+    data_parallel = True  # generator, IB noise scale and class statistics are kept the same on every process
     variants = {
         # Eq. 10 as printed: UTAEs crafted on the TEACHER, no student-stage augmentation (the suite's
         # default before issue 9, kept so anyone can see what the printed equation does).
@@ -249,6 +250,7 @@ class FERD(Method):
         self.generator = Generator(cfg.latent_dim, cfg.gen_width, ctx.image_size,
                                    num_classes=ctx.num_classes if cfg.conditional else None).to(ctx.device)
         self.gen_opt = torch.optim.Adam(self.generator.parameters(), lr=cfg.gen_lr, betas=(cfg.gen_beta1, cfg.gen_beta2))
+        ctx.sync_module(self.generator)  # data-parallel: a re-built generator is drawn per process
 
     # -- generation stage ------------------------------------------------------------------------
     def generate(self, ctx: MethodContext) -> Samples:
@@ -285,6 +287,7 @@ class FERD(Method):
                 self.gen_opt.zero_grad(set_to_none=True)
                 z_opt.zero_grad(set_to_none=True)
                 total.backward()
+                ctx.average_gradients(self.generator.parameters())  # z is per sample: its gradient stays
                 self.gen_opt.step()
                 z_opt.step()
                 # select(x_F): keep the batch with the lowest generator loss (the authors' code)
@@ -293,6 +296,7 @@ class FERD(Method):
                     sums[k] = sums.get(k, 0) + v.detach()
         finally:
             student.requires_grad_(True).train(was_training)
+        ctx.average_buffers(self.generator)
         logs: Dict[str, Any] = {k: v / max(1, cfg.gen_iters) for k, v in sums.items()}
         if cfg.reweight:
             self._reweight(ctx, best_x, y)
@@ -323,6 +327,7 @@ class FERD(Method):
             loss = step(z, y, noise_scale, randn_in_layout(z), feature_var, cfg.ib_beta)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            ctx.average_gradients([noise_scale])  # one noise scale per channel, shared by the global batch
             opt.step()
         with torch.no_grad():
             noise = F.softplus(noise_scale)
@@ -345,6 +350,8 @@ class FERD(Method):
         return self._ib_fn
 
     def _reweight(self, ctx: MethodContext, x: torch.Tensor, y: torch.Tensor) -> None:
+        """The class weights p from this epoch's batch; in a data-parallel run each process attacks its
+        share and the class statistics are taken over the gathered global batch (same p everywhere)."""
         cfg, teacher = ctx.cfg, ctx.teacher
         c = ctx.num_classes
         if cfg.reweight_strategy in ("margin-softmax", "minmax"):
@@ -352,11 +359,13 @@ class FERD(Method):
             x_adv = sign_ascent(ce_objective(attacked, y), x, cfg.eps, cfg.eps / 4, cfg.reweight_pgd_steps, generator=ctx.rng)
             with torch.no_grad():
                 margins = adversarial_margins(teacher(x_adv), y)
+            margins, y = ctx.gather(margins), ctx.gather(y)
             self.vulnerability = class_vulnerability(margins, y, c, self.vulnerability).cpu()
             self.p = (softmax_weights(self.vulnerability, cfg.reweight_temperature) if cfg.reweight_strategy == "margin-softmax"
                       else minmax_weights(self.vulnerability, cfg.minmax_low, cfg.minmax_high))
         else:
             steps = least_pgd_steps(teacher, x, y, cfg.eps, cfg.eps / 4, cfg.reweight_pgd_steps)
+            steps, y = ctx.gather(steps), ctx.gather(y)
             self.kappa = class_means(steps.float(), y, c, self.kappa).cpu()
             self.p = lps_weights(self.kappa, cfg.reweight_strategy, cfg.reweight_pgd_steps, cfg.lps_beta, cfg.lps_lambda)
 

@@ -117,6 +117,7 @@ class ZSKT(RobustKDMethod):
                         "rslad_steps": 2}},
     }
 
+    data_parallel = True  # the generator's gradients and BN statistics are averaged over the processes
     variants = {
         # the authors' own schedule: 80,000 pseudo-batches (10x the suite's equal student budget)
         "authors": {"*": {}, "paper": {"epochs": 80000}},
@@ -159,6 +160,7 @@ class ZSKT(RobustKDMethod):
                 loss = generator_loss(teacher(x), student(x), cfg.kd_temperature)
                 self.gen_opt.zero_grad(set_to_none=True)
                 loss.backward()
+                ctx.average_gradients(self.generator.parameters())  # data-parallel: before clipping its norm
                 if cfg.gen_grad_clip:
                     torch.nn.utils.clip_grad_norm_(self.generator.parameters(), cfg.gen_grad_clip)
                 self.gen_opt.step()
@@ -168,6 +170,7 @@ class ZSKT(RobustKDMethod):
                 p.requires_grad_(f)
         with torch.no_grad():  # the student trains on the updated generator's images of the same z
             x = self.generator(z)
+        ctx.average_buffers(self.generator)
         return Samples(x, None, {"kl_t_s": mismatch / max(1, cfg.gen_iters), "lr": lr})
 
     # -- distillation stage: KL (or RSLAD) + beta x attention transfer -----------------------------
