@@ -179,6 +179,26 @@ def autoattack(model, x, y, s: AttackSettings, gen=None):
     return x_adv
 
 
+def _skip_random_start(shape, s: AttackSettings, gen: Optional[torch.Generator]) -> None:
+    """Draw (and drop) what `random_start` draws for a batch of `shape`."""
+    if gen is not None and s.eps > 0:
+        torch.rand(shape, generator=gen, device="cpu")
+
+
+def _draws_nothing(shape, s: AttackSettings, gen: Optional[torch.Generator]) -> None:
+    pass
+
+
+# What each evaluator attack draws from its generator per batch, so that a data-parallel evaluation
+# can skip another process's batch and keep the stream where the single-process evaluation has it
+# (dfrd_bench.distributed.EvalShard). AutoAttack seeds itself at every call. An attack missing here
+# is not dealt out: every process runs it whole.
+BATCH_DRAWS: Dict[str, Callable[..., None]] = {
+    "clean": _draws_nothing, "fgsm": _draws_nothing, "pgd20": _skip_random_start, "cw": _skip_random_start,
+    "aa": _draws_nothing,
+}
+
+
 class _quiet_stdout:
     """pyautoattack prints progress with print(); keep it out of our progress bars and logs."""
 

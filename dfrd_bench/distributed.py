@@ -14,7 +14,9 @@ What N processes do (docs/running.md, "Data-parallel runs", has the reasoning):
   all-reduce computes, without its wrapper, which the methods' extra forwards and input-gradient
   attacks would trip), and BatchNorm running statistics are averaged after every step;
 - checkpoint: rank 0 writes it with every rank's RNG states; before each write `check_same`
-  verifies that student, optimiser, method state and pool are the same on every rank.
+  verifies that student, optimiser, method state and pool are the same on every rank;
+- evaluation: `EvalShard` deals the evaluator's batches round-robin to the ranks and merges the
+  predictions, so every number equals the single-process one.
 """
 from __future__ import annotations
 
@@ -279,6 +281,37 @@ def _leaves(obj: Any, prefix: str, out: List[Tuple[str, Any]]) -> None:
             _leaves(v, f"{prefix}[{i}]", out)
     else:
         out.append((prefix, obj))
+
+
+class EvalShard:
+    """The evaluator's batches dealt round-robin: batch b is attacked by rank b % N only, and the
+    predictions are merged after every round of N batches. Batches keep the single-process
+    composition, and a rank skips another's batch by drawing (and dropping) the same random numbers
+    the attack would draw, so every prediction, random starts included, equals the single-process
+    one; so does the progress file (eval_progress.py) that rank 0 writes after every round."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+
+    def owns(self, batch_index: int) -> bool:
+        return batch_index % self.world.size == self.world.rank
+
+    def merge(self, pred: torch.Tensor) -> torch.Tensor:
+        """Rows this rank did not predict hold -1 (predictions are >= 0): the maximum over ranks is
+        the owner's prediction."""
+        if not self.world.parallel:
+            return pred.clone()
+        merged = pred.to(self.world.comm_device, copy=True)
+        torch.distributed.all_reduce(merged, op=torch.distributed.ReduceOp.MAX)
+        return merged.to(pred.device)
+
+    def round_done(self, batch_index: int, n_batches: int) -> bool:
+        """After this batch every rank has attacked one more (or the last batch is done): the moment to
+        merge the predictions, the same on every rank."""
+        return (batch_index + 1) % self.world.size == 0 or batch_index + 1 == n_batches
+
+    def max(self, value: float) -> float:
+        return self.world.max(value)
 
 
 @contextlib.contextmanager

@@ -84,7 +84,8 @@ class EvalProgress:
     """The finished attacks, the attack in progress and the clean predictions of one evaluation.
 
     With no path it only keeps them in memory, so the evaluator's loop is the same either way. A
-    future data-parallel evaluator would keep one cursor per rank here.
+    data-parallel evaluation (distributed.EvalShard) keeps this one file: every rank reads it, rank 0
+    writes it after every round of one batch per rank, with the predictions of all ranks merged.
     """
 
     def __init__(self, path: Optional[Union[str, Path]], identity: Dict[str, Any]) -> None:

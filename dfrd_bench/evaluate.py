@@ -12,6 +12,10 @@ times cheaper. `AttackSettings(attack_misclassified=True)` attacks every point i
 
 With a progress file (`evaluate(..., progress_path=...)`, dfrd_bench/eval_progress.py) the evaluation
 is resumable at the granularity of one batch: a killed run continues at its first unfinished batch.
+
+In a data-parallel run (`shard=`, dfrd_bench.distributed.EvalShard) batch b is attacked by rank
+b % N only; the others draw the random numbers it would draw, so every number equals the single
+process's, and rank 0 saves the same progress file after every round of N batches.
 """
 from __future__ import annotations
 
@@ -19,16 +23,19 @@ import contextlib
 import time
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from .errors import DfrdError
-from .attacks import ATTACK_ORDER, ATTACKS, AttackSettings
+from .attacks import ATTACK_ORDER, ATTACKS, BATCH_DRAWS, AttackSettings
 from .data import ImageSet
 from .eval_progress import AttackCursor, EvalProgress, evaluation_identity
 from .metrics import summarize
 from .utils import pick_device, progress
+
+if TYPE_CHECKING:
+    from .distributed import EvalShard
 
 PROJECTION_TOLERANCE = 1e-5
 
@@ -122,6 +129,7 @@ def evaluate(
     attack_limits: Optional[Dict[str, int]] = None,
     log: Optional[Callable[[str], None]] = None,
     progress_path: Optional[Union[str, Path]] = None,
+    shard: Optional["EvalShard"] = None,
 ) -> Dict[str, Any]:
     """Evaluate `model` on `data` under each attack; returns {'attacks': {name: metrics}, 'settings': ...}.
 
@@ -132,6 +140,8 @@ def evaluate(
     progress is saved there after every batch and a rerun continues at the first unfinished batch
     with the same numbers; a file of another evaluation is refused. The file is left in place when
     the evaluation ends (a rerun then returns at once): the caller removes it once the result is saved.
+    `shard` (a data-parallel run, every rank calling this) deals the batches to the ranks; the numbers
+    and the progress file are the single process's.
     """
     settings = settings or AttackSettings()
     dev = pick_device(device)
@@ -150,6 +160,8 @@ def evaluate(
     identity = {} if progress_path is None else evaluation_identity(model, data, names, settings, batch_size,
                                                                       attack_limits, dev)
     tracker = EvalProgress.open(progress_path, identity)
+    if shard is not None and not shard.world.is_main:
+        tracker.path = None  # every rank reads the progress; rank 0 alone writes it
     if tracker.resumed and log is not None:
         log(f"resuming evaluation: {tracker.describe()}")
     results: Dict[str, Any] = {}
@@ -162,8 +174,10 @@ def evaluate(
                 x, y = subset.tensors() if subset is not None else (x_all, y_all)
                 bs = settings.batch_size if name == "aa" else batch_size
                 cursor = tracker.cursor(name) or _start_attack(name, model, x, y, subset is None, settings, dev,
-                                                              batch_size, bs, tracker)
-                _run_batches(name, model, x, y, cursor, settings, dev, bs, tracker)
+                                                              batch_size, bs, tracker, shard)
+                # an attack whose draws are unknown (BATCH_DRAWS) runs whole on every rank
+                _run_batches(name, model, x, y, cursor, settings, dev, bs, tracker,
+                             shard if name in BATCH_DRAWS else None)
                 if name == "clean" and subset is None:
                     tracker.clean_pred = cursor.pred.clone()  # reused by the attacks that follow
                 entry = _entry(y, cursor, num_classes, subset)
@@ -178,7 +192,7 @@ def evaluate(
 
 def _start_attack(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, full_split: bool,
                   settings: AttackSettings, dev: torch.device, batch_size: int, bs: int,
-                  tracker: EvalProgress) -> AttackCursor:
+                  tracker: EvalProgress, shard: Optional["EvalShard"] = None) -> AttackCursor:
     """A fresh cursor: points wrong on clean inputs are filled in as errors and not attacked (the clean
     pass counts in the attack's seconds)."""
     t0 = time.time()
@@ -186,8 +200,8 @@ def _start_attack(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.T
     attacked = torch.ones(len(y), dtype=torch.bool)
     if name != "clean" and not settings.attack_misclassified:
         if full_split and tracker.clean_pred is None:
-            tracker.clean_pred = _predict(model, x, dev, batch_size)  # once per split, whichever attack comes first
-        clean_pred = tracker.clean_pred if full_split else _predict(model, x, dev, batch_size)
+            tracker.clean_pred = _predict(model, x, dev, batch_size, shard)  # once per split, whichever attack comes first
+        clean_pred = tracker.clean_pred if full_split else _predict(model, x, dev, batch_size, shard)
         attacked = clean_pred == y
         pred[~attacked] = clean_pred[~attacked]  # already wrong: an error under every attack
     n_attacked = int(attacked.sum())
@@ -195,9 +209,12 @@ def _start_attack(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.T
 
 
 def _run_batches(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cursor: AttackCursor,
-                 settings: AttackSettings, dev: torch.device, bs: int, tracker: EvalProgress) -> None:
+                 settings: AttackSettings, dev: torch.device, bs: int, tracker: EvalProgress,
+                 shard: Optional["EvalShard"] = None) -> None:
     """Attack the batches from cursor.next_batch on; after each one the cursor, with the generator state
-    the next batch starts from, goes to the tracker (so a resumed attack draws the same random starts)."""
+    the next batch starts from, goes to the tracker (so a resumed attack draws the same random starts).
+    With `shard`, a rank attacks its own batches, draws past the others', and the predictions are
+    merged after every round of one batch per rank (then the cursor goes to the tracker)."""
     fn = ATTACKS.get(name)
     gen = torch.Generator().manual_seed(_attack_seed(settings.seed, name))
     if cursor.gen_state is not None:
@@ -206,14 +223,20 @@ def _run_batches(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Te
     t0 = time.time() - cursor.seconds
     for b in progress(range(cursor.next_batch, cursor.n_batches), desc=f"{name}", unit="batch"):
         rows = idx[b * bs:(b + 1) * bs]
-        xb, yb = x[rows].to(dev), y[rows].to(dev)
-        x_adv = fn(model, xb, yb, settings, gen)
-        linf = check_perturbation(x_adv, xb, settings.eps if name != "clean" else 0.0, name)
-        with torch.no_grad():
-            cursor.pred[rows] = model(x_adv).argmax(1).cpu()
-        cursor.max_linf = max(cursor.max_linf, linf)
+        if shard is None or shard.owns(b):
+            xb, yb = x[rows].to(dev), y[rows].to(dev)
+            x_adv = fn(model, xb, yb, settings, gen)
+            linf = check_perturbation(x_adv, xb, settings.eps if name != "clean" else 0.0, name)
+            with torch.no_grad():
+                cursor.pred[rows] = model(x_adv).argmax(1).cpu()
+            cursor.max_linf = max(cursor.max_linf, linf)
+        else:
+            BATCH_DRAWS[name]((len(rows),) + tuple(x.shape[1:]), settings, gen)  # as the batch's rank draws
         cursor.next_batch, cursor.gen_state, cursor.seconds = b + 1, gen.get_state(), time.time() - t0
-        tracker.batch_done(name, cursor)
+        if shard is not None and shard.round_done(b, cursor.n_batches):
+            cursor.pred, cursor.max_linf = shard.merge(cursor.pred), shard.max(cursor.max_linf)
+        if shard is None or shard.round_done(b, cursor.n_batches):
+            tracker.batch_done(name, cursor)
     cursor.seconds = time.time() - t0
 
 
@@ -228,10 +251,15 @@ def _entry(y: torch.Tensor, cursor: AttackCursor, num_classes: int, subset: Opti
     return entry
 
 
-def _predict(model: torch.nn.Module, x: torch.Tensor, dev: torch.device, batch_size: int) -> torch.Tensor:
-    """Clean top-1 predictions (on CPU) of `model` for `x`."""
+def _predict(model: torch.nn.Module, x: torch.Tensor, dev: torch.device, batch_size: int,
+             shard: Optional["EvalShard"] = None) -> torch.Tensor:
+    """Clean top-1 predictions (on CPU) of `model` for `x` (batches dealt to the ranks with `shard`)."""
     out = []
     with torch.no_grad():
-        for i in range(0, len(x), batch_size):
+        for b, i in enumerate(range(0, len(x), batch_size)):
+            if shard is not None and not shard.owns(b):
+                out.append(torch.full((min(batch_size, len(x) - i),), -1, dtype=torch.long))
+                continue
             out.append(model(x[i:i + batch_size].to(dev)).argmax(1).cpu())
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+    pred = torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+    return shard.merge(pred) if shard is not None else pred

@@ -37,7 +37,7 @@ from .checkpoints import save_model, sha256_file, weights_sha256
 from .augment import random_crop_flip
 from .config import DEFAULTS_VERSION, STUDENT_SCHEDULES, Config, resolve_config, student_steps
 from .data import get_dataset_spec, load_split
-from .distributed import World, session
+from .distributed import EvalShard, World, session
 from .errors import DfrdError, DivergenceError, first_line
 from .evaluate import evaluate, non_finite_parameters, parse_attacks
 from .method import Batch, Method, MethodContext, Samples, get_method
@@ -529,7 +529,8 @@ def _run_locked(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, d
     limits = {"aa": cfg.aa_limit} if cfg.aa_limit and cfg.aa_limit < len(data) else {}
     evaluated = evaluate(student, data, attacks.split(","), settings, device=str(device),
                          batch_size=cfg.eval_batch_size, attack_limits=limits, log=log,
-                         progress_path=run_dir / EVAL_PROGRESS_FILE if world.is_main else None)
+                         progress_path=run_dir / EVAL_PROGRESS_FILE,
+                         shard=EvalShard(world) if world.parallel else None)
 
     def write() -> Dict[str, Any]:
         result = {

@@ -20,7 +20,7 @@ import torch
 
 from dfrd_bench.distributed import World, fingerprint
 from dfrd_bench.errors import DfrdError
-from tests.conftest import random_images, same_students
+from tests.conftest import TinyLinear, random_images, same_students
 
 REPO = Path(__file__).resolve().parents[1]
 WORLD = 2
@@ -355,6 +355,111 @@ def test_an_interrupted_two_rank_run_resumes_to_the_same_student(tmp_path):
     assert _same(full["pool"], split["pool"])
     assert split["result"]["attacks"]["pgd20"]["per_class"] == full["result"]["attacks"]["pgd20"]["per_class"]
     assert [h.get("student/loss") for h in split["result"]["history"]] == [h.get("student/loss") for h in full["result"]["history"]]
+
+
+# ---------------------------------------------------------------------------------------------- (4) evaluation
+def _eval_parts(folder: Path, seed: int = 3):
+    from dfrd_bench.attacks import AttackSettings
+    from dfrd_bench.data import load_split
+
+    model = TinyLinear(num_classes=10, size=32, seed=5)  # a linear model: its predictions move with the starts
+    data = load_split("cifar10", "test", str(folder / "test.npz"))
+    # "start-driven": a wide ball and one small step, so the predictions hang on the random starts
+    variants = {"robust": AttackSettings(eps=8 / 255, seed=seed, pgd_steps=3, cw_steps=3),
+                "start-driven": AttackSettings(eps=0.5, seed=seed, pgd_steps=1, pgd_step=1 / 255, cw_steps=1,
+                                               cw_step=1 / 255, attack_misclassified=True)}
+    return model, data, variants
+
+
+def _evaluations(folder: Path, shard, seed: int = 3, variants=None, progress=None) -> Dict[str, Any]:
+    from dfrd_bench.evaluate import evaluate
+
+    model, data, settings_of = _eval_parts(folder, seed)
+    out = {}
+    for name in variants or settings_of:
+        res = evaluate(model, data, ["clean", "fgsm", "pgd20", "cw"], settings_of[name], device="cpu", batch_size=6,
+                       shard=shard, progress_path=progress)
+        for entry in res["attacks"].values():
+            entry.pop("seconds")
+        out[name] = res
+    return out
+
+
+def _eval_worker(rank: int, folder: Path) -> None:
+    from dfrd_bench.distributed import EvalShard
+
+    torch.save(_evaluations(folder, EvalShard(World(rank, WORLD))), folder / f"eval-rank{rank}.pt")
+
+
+def _eval_resume_worker(rank: int, folder: Path) -> None:
+    """Evaluate with a progress file, stop every rank after PGD's 4th batch (2 rounds), then resume."""
+    from dfrd_bench.distributed import EvalShard
+    from dfrd_bench.eval_progress import EvalProgress
+
+    shard, original = EvalShard(World(rank, WORLD)), EvalProgress.batch_done
+
+    def stop(self, name, cursor):
+        original(self, name, cursor)
+        if name == "pgd20" and cursor.next_batch == 4:
+            raise KeyboardInterrupt
+
+    EvalProgress.batch_done = stop
+    try:
+        _evaluations(folder, shard, variants=["start-driven"], progress=folder / "progress.pt")
+        raise AssertionError("the evaluation was not interrupted")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        EvalProgress.batch_done = original
+    torch.distributed.barrier()
+    if rank == 0:
+        shutil.copy(folder / "progress.pt", folder / "progress-cut.pt")
+    torch.distributed.barrier()
+    resumed = _evaluations(folder, shard, variants=["start-driven"], progress=folder / "progress.pt")
+    torch.save(resumed, folder / f"eval-resumed-rank{rank}.pt")
+
+
+@needs_gloo
+def test_sharded_evaluation_resumes_from_the_single_process_progress_file(tmp_path):
+    """Rank 0 writes the progress file after every round of 2 batches, with both ranks' predictions
+    merged: a resumed 2-rank evaluation, and a single process resuming the same file, end with the
+    uninterrupted single-process numbers."""
+    from dfrd_bench.evaluate import evaluate
+
+    _npz(tmp_path)
+    torch.set_num_threads(1)
+    single = _evaluations(tmp_path, None, variants=["start-driven"])
+    _spawn(_eval_resume_worker, tmp_path)
+    cut = torch.load(tmp_path / "progress-cut.pt", weights_only=True)
+    assert cut["current"]["attack"] == "pgd20" and cut["current"]["next_batch"] == 4
+    assert (cut["current"]["pred"] >= 0).sum() == 24  # 4 batches of 6 rows, merged from both ranks
+    for rank in range(WORLD):
+        assert torch.load(tmp_path / f"eval-resumed-rank{rank}.pt", weights_only=False) == single
+    logs: list = []
+    model, data, settings_of = _eval_parts(tmp_path)
+    res = evaluate(model, data, ["clean", "fgsm", "pgd20", "cw"], settings_of["start-driven"], device="cpu",
+                   batch_size=6, progress_path=tmp_path / "progress-cut.pt", log=logs.append)
+    assert "resuming evaluation: clean, fgsm done; pgd20 at batch 5/7" in logs[0]
+    for entry in res["attacks"].values():
+        entry.pop("seconds")
+    assert res == single["start-driven"]
+
+
+@needs_gloo
+def test_sharded_evaluation_equals_the_single_process_evaluation(tmp_path):
+    """Clean and FGSM are deterministic; PGD and CW draw their random starts batch by batch from one
+    stream, which a rank advances past the batches it leaves to the other: all four are equal."""
+    _npz(tmp_path)
+    torch.set_num_threads(1)
+    single = _evaluations(tmp_path, None)
+    _spawn(_eval_worker, tmp_path)
+    for rank in range(WORLD):
+        assert torch.load(tmp_path / f"eval-rank{rank}.pt", weights_only=False) == single
+    starts = single["start-driven"]["attacks"]
+    assert starts["pgd20"]["attacked"] == 40  # 7 batches of 6: 4 on rank 0, 3 on rank 1
+    other = _evaluations(tmp_path, None, seed=4)["start-driven"]["attacks"]  # other random starts, other numbers:
+    assert other["pgd20"]["confusion"] != starts["pgd20"]["confusion"]    # the comparison above can fail
+    assert other["cw"]["confusion"] != starts["cw"]["confusion"]
 
 
 # ---------------------------------------------------------------------------------------------- command line
