@@ -70,7 +70,8 @@ def rank_device(device: torch.device, size: int, local_rank: int) -> torch.devic
     if size == 1 or device.type != "cuda":
         return device
     if device.index is not None:
-        raise DistributedError(f"--device {device}: with {size} processes each one takes cuda:LOCAL_RANK; pass --device cuda")
+        raise DistributedError(f"--device {device}: with {size} processes each one takes cuda:LOCAL_RANK; "
+                               "pass --device cuda")
     if local_rank >= torch.cuda.device_count():
         raise DistributedError(f"LOCAL_RANK {local_rank} has no GPU ({torch.cuda.device_count()} visible): "
                                "start at most as many processes per node as GPUs")

@@ -200,7 +200,8 @@ def _start_attack(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.T
     attacked = torch.ones(len(y), dtype=torch.bool)
     if name != "clean" and not settings.attack_misclassified:
         if full_split and tracker.clean_pred is None:
-            tracker.clean_pred = _predict(model, x, dev, batch_size, shard)  # once per split, whichever attack comes first
+            # once per split, whichever attack comes first
+            tracker.clean_pred = _predict(model, x, dev, batch_size, shard)
         clean_pred = tracker.clean_pred if full_split else _predict(model, x, dev, batch_size, shard)
         attacked = clean_pred == y
         pred[~attacked] = clean_pred[~attacked]  # already wrong: an error under every attack

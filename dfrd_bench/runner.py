@@ -374,7 +374,8 @@ def _check_world(state: Dict[str, Any], state_path: Path, world: World) -> None:
 
 
 def _resume(state_path: Path, cfg: Config, identity: Dict[str, Any], ctx: MethodContext, opt: torch.optim.Optimizer,
-            method: Method, batch_rng: torch.Generator, log: Callable[[str], None]) -> Tuple[List[Dict[str, Any]], int, float]:
+            method: Method, batch_rng: torch.Generator,
+            log: Callable[[str], None]) -> Tuple[List[Dict[str, Any]], int, float]:
     """Load the state every rank continues from (each its own RNG streams); (history, epoch, seconds)."""
     st = _load_state(state_path)
     _check_same_run(st, state_path, cfg, identity, log)

@@ -19,7 +19,6 @@ import pytest
 import torch
 
 from dfrd_bench.distributed import World, fingerprint
-from dfrd_bench.errors import DfrdError
 from tests.conftest import TinyLinear, random_images, same_students
 
 REPO = Path(__file__).resolve().parents[1]
@@ -257,7 +256,8 @@ def test_one_data_parallel_student_step_equals_the_single_process_step(tmp_path)
 
     ranks = [torch.load(tmp_path / f"train-bn-rank{r}.pt") for r in range(WORLD)]  # RSLAD attack, train-mode BN
     assert _same(ranks[0], ranks[1])
-    print(f"train-mode BN vs per-half reference: worst {_assert_close_updates(ranks[0], _per_slice_step({}), start, 1e-5):.1e}")
+    worst = _assert_close_updates(ranks[0], _per_slice_step({}), start, 1e-5)
+    print(f"train-mode BN vs per-half reference: worst {worst:.1e}")
     running = next(k for k in ranks[0] if k.endswith("running_mean"))
     assert not torch.equal(ranks[0][running], start[running]), "BatchNorm running statistics did not move"
     du, dg = _updates(ranks[0], start), _updates(_single_step({}, True), start)
@@ -354,7 +354,8 @@ def test_an_interrupted_two_rank_run_resumes_to_the_same_student(tmp_path):
     assert _same(full["student"], split["student"]) and _same(full["method"], split["method"])
     assert _same(full["pool"], split["pool"])
     assert split["result"]["attacks"]["pgd20"]["per_class"] == full["result"]["attacks"]["pgd20"]["per_class"]
-    assert [h.get("student/loss") for h in split["result"]["history"]] == [h.get("student/loss") for h in full["result"]["history"]]
+    losses = [[h.get("student/loss") for h in r["result"]["history"]] for r in (split, full)]
+    assert losses[0] == losses[1]
 
 
 # ---------------------------------------------------------------------------------------------- (4) evaluation
@@ -528,7 +529,8 @@ def test_emit_torchrun_and_slurm_take_a_process_count(tmp_path):
     assert lines[1].startswith("torchrun --standalone --nproc_per_node=4 -m dfrd_bench.cli run --method zskt")
     assert "--nproc_per_node=1 -m dfrd_bench.cli run" in emit(plan(spec), "torchrun")
     slurm = emit(plan(spec), "slurm:2")
-    assert "--gres=gpu:2" in slurm and "--cpus-per-task=16" in slurm and "'torchrun --standalone --nproc_per_node=2" in slurm
+    assert "--gres=gpu:2" in slurm and "--cpus-per-task=16" in slurm
+    assert "'torchrun --standalone --nproc_per_node=2" in slurm
     assert "torchrun --standalone" not in emit(plan(spec), "slurm")
     with pytest.raises(ConfigError, match="torchrun:N"):
         emit(plan(spec), "torchrun:0")
