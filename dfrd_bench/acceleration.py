@@ -83,16 +83,6 @@ class Accelerator:
             self._compiled[key] = torch.compile(model, dynamic=False)
         return self._compiled[key]
 
-    def frozen_function(self, fn: Callable) -> Callable:
-        """`fn` compiled when attack passes are: for other many-times-repeated passes through a
-        frozen model, such as FERD's 50 information-bottleneck steps on the teacher's head per
-        generator iteration. Call it once per run and keep the result (each call compiles anew)."""
-        return _compiled_or_plain(self, fn)
-
-
-def _compiled_or_plain(accel: "Accelerator", fn: Callable) -> Callable:
-    return torch.compile(fn, dynamic=False) if accel.compile_attacks else fn
-
 
 def randn_in_layout(like: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Standard normal noise shaped and laid out like `like`, drawn as one contiguous block.

@@ -217,6 +217,9 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
             return int(value)
         if not isinstance(value, int) or isinstance(value, bool):
             raise ConfigError(f"{key} takes a whole number, got {value!r}")
+    if isinstance(default, str) and isinstance(value, bool):
+        # YAML reads on/off (and yes/no, true/false) as booleans: a text setting gets them back as on/off
+        return "on" if value else "off"
     if isinstance(default, str) and not isinstance(value, str):
         raise ConfigError(f"{key} takes a name (text), got {value!r}")
     return value

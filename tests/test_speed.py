@@ -124,6 +124,10 @@ def test_compile_setting_auto_follows_the_run_length_and_is_checked():
     assert compile_wanted(resolve_config(cls, "cifar10", "paper"))
     assert not compile_wanted(resolve_config(cls, "cifar10", "paper", {"compile": "off"}))
     assert compile_wanted(resolve_config(cls, "cifar10", "smoke", {"compile": "on"}))
+    from dfrd_bench.config import parse_overrides
+
+    assert resolve_config(cls, "cifar10", "smoke", parse_overrides(["compile=off"]))["compile"] == "off"  # not False
+    assert resolve_config(cls, "cifar10", "smoke", parse_overrides(["compile=on"]))["compile"] == "on"
     with pytest.raises(ConfigError, match="compile must be one of"):
         resolve_config(cls, "cifar10", "smoke", {"compile": "yes"})
     with pytest.raises(ConfigError, match="precision must be one of"):
