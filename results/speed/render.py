@@ -41,8 +41,10 @@ def main(folder: str) -> None:
         print("|---|---|---|---|---|---|---|---|")
         for name, report in items:
             compiled = "on" if report["speed"]["compile_attacks"] else "off"
+            shown = {k: v for k, v in report.get("overrides", {}).items() if k != "compile"}
+            method = report["method"] + "".join(f" ({k}={v})" for k, v in shown.items())
             for stage, e in report["stages"].items():
-                print(f"| {report['method']} | {compiled} | {stage} | {e.get('per', 'iteration')} | {_fmt(e['seconds'])} | "
+                print(f"| {method} | {compiled} | {stage} | {e.get('per', 'iteration')} | {_fmt(e['seconds'])} | "
                       f"{_fmt(e.get('samples_per_s'), 1)} | {_fmt(e.get('bound_seconds'))} | {_fmt(e.get('ratio'), 2)} |")
         print()
 
