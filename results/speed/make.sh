@@ -50,3 +50,5 @@ if [[ "$what" == all || "$what" == paper-ferd-generator ]]; then
     --out "$OUT/paper-ferd-noreweight.json"
 fi
 python3 results/speed/render.py "$OUT" > results/speed/README.md
+# The comparison with the authors' loops (needs the git mirrors of their code; each row in its own process):
+#   python3 results/speed/compare_reference.py --compile --repeats 7 --warmup 1 --out results/speed/reference.json
