@@ -799,6 +799,15 @@ def fd_rows(opts, mirrors: Mirrors, work: Path, rows: List[str]) -> List[Row]:
             return timed(synth.synthesize)
         return run
 
+    def fd_row(name: str, loop: str, ours: List["Contestant"], o: "Ours", teacher, synth, key: str, label: str,
+               source: str) -> "Row":
+        """A Fast-Datafree synthesizer row: one inner step by difference, and the same-function check."""
+        row = Row(name, loop, ours + [Contestant(key, "reference", label, "imported", source,
+                                                 lambda: by_difference(synth_run(synth), opts.gen_extra_iters))])
+        row.checks["teacher: Fast-Datafree wrn_16_2(normalizer(x)) vs ours, max |logit diff|"] = max_difference(
+            lambda x: teacher(fd.normalizer(x)), o.ctx.teacher, probe, teacher, o.ctx.teacher)
+        return row
+
     if "cmi-generator" in rows:
         def full_bank(o: Ours) -> None:
             o.method.bank.add(torch.randn(o.method.bank.size, o.method.bank.dim, generator=o.rng))
@@ -818,14 +827,10 @@ def fd_rows(opts, mirrors: Mirrors, work: Path, rows: List[str]) -> List[Row]:
         # whole bank once n_updates > max_size, contrastive.py:68-71)
         synth.mem_bank.add(torch.randn(synth.mem_bank.max_size, synth.mem_bank.dim_feat))
         synth.mem_bank.add(torch.randn(opts.batch, synth.mem_bank.dim_feat))
-        row = Row("cmi-generator", "CMI generator step (memory bank full)", ours + [
-            Contestant("fd-cmi", "reference", "Fast-Datafree CMISynthesizer", "imported",
-                       "Fast-Datafree datafree/synthesis/contrastive.py:170-258 CMISynthesizer.synthesize (one of its "
-                       "inner steps, lines 189-239), settings of datafree_kd.py:282-290 and scripts/cmi_cifar.sh",
-                       lambda: by_difference(synth_run(synth), opts.gen_extra_iters)),
-        ])
-        row.checks["teacher: Fast-Datafree wrn_16_2(normalizer(x)) vs ours, max |logit diff|"] = max_difference(
-            lambda x: teacher(fd.normalizer(x)), o.ctx.teacher, probe, teacher, o.ctx.teacher)
+        row = fd_row("cmi-generator", "CMI generator step (memory bank full)", ours, o, teacher, synth, "fd-cmi",
+                     "Fast-Datafree CMISynthesizer",
+                     "Fast-Datafree datafree/synthesis/contrastive.py:170-258 CMISynthesizer.synthesize (one of its "
+                     "inner steps, lines 189-239), settings of datafree_kd.py:282-290 and scripts/cmi_cifar.sh")
         row.notes.append(f"bank: 40,960 x {synth.mem_bank.dim_feat} rows (ours {o.method.bank.size} x {o.method.bank.dim}), "
                          "4,096 negatives, head 256, both on the CPU")
         out.append(row)
@@ -840,15 +845,11 @@ def fd_rows(opts, mirrors: Mirrors, work: Path, rows: List[str]) -> List[Row]:
             adv=1, bn=10, oh=1, tv=0.0, l2=0.0,                                         # scripts/deepinv_cifar.sh
             save_dir=str(work / "fd-deepinv"), transform=None, normalizer=fd.normalizer, device="cpu")
         fd.no_pool(synth)
-        row = Row("deepinv-generator", "DeepInv pixel step", ours + [
-            Contestant("fd-deepinv", "reference", "Fast-Datafree DeepInvSyntheiszer", "imported",
-                       "Fast-Datafree datafree/synthesis/deepinversion.py:77-131 DeepInvSyntheiszer.synthesize (one of "
-                       "its inner steps, lines 92-115), settings of datafree_kd.py:257-263 and scripts/deepinv_cifar.sh",
-                       lambda: by_difference(synth_run(synth), opts.gen_extra_iters)),
-        ])
-        row.checks["teacher: Fast-Datafree wrn_16_2(normalizer(x)) vs ours, max |logit diff|"] = max_difference(
-            lambda x: teacher(fd.normalizer(x)), o.ctx.teacher, probe, teacher, o.ctx.teacher)
-        out.append(row)
+        out.append(fd_row("deepinv-generator", "DeepInv pixel step", ours, o, teacher, synth, "fd-deepinv",
+                          "Fast-Datafree DeepInvSyntheiszer",
+                          "Fast-Datafree datafree/synthesis/deepinversion.py:77-131 DeepInvSyntheiszer.synthesize (one "
+                          "of its inner steps, lines 92-115), settings of datafree_kd.py:257-263 and "
+                          "scripts/deepinv_cifar.sh"))
     return out
 
 
