@@ -8,7 +8,7 @@ cd "$(dirname "$0")/../.."
 OUT=results/standard-pilot/runs
 # Equal student steps: 40 student epochs x 40 iterations = 1,600 for every method (Fast's 2 warm-up
 # epochs of quick come in front, so it runs 42).
-for spec in ferd:40 fast:42; do
+for spec in ferd:40 fast:42 cmi:40; do
   m="${spec%%:*}"; epochs="${spec##*:}"
   dfrd-bench run --method "$m" --dataset cifar10 --preset quick --seed 0 --out "$OUT" --name "$m-e40-s0" \
     --set epochs="$epochs" --set eval_limit=2000 --set aa_limit=500 --resume \
