@@ -16,7 +16,6 @@ never weaken a reported attack.
 from __future__ import annotations
 
 import contextlib
-import logging
 from typing import Any, Callable, Dict, Mapping, Optional
 
 import torch
@@ -25,8 +24,6 @@ from .config import ConfigError, student_steps
 # About 50 s of compilation per graph on 2 CPU cores, 1.3-1.4x faster attack steps afterwards: below
 # this many student steps (quick: 320) the compile time is not paid back.
 COMPILE_MIN_STUDENT_STEPS = 4000
-
-log = logging.getLogger(__name__)
 
 
 def compile_wanted(cfg: Mapping[str, Any]) -> bool:

@@ -32,7 +32,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 
 from .attacks import AttackSettings, kl_objective
-from .config import Config, resolve_config
+from .config import resolve_config
 from .data import ImageSet
 from .errors import DfrdError
 from .evaluate import evaluate, frozen_eval, parse_attacks
@@ -67,7 +67,8 @@ class BenchRequest:
     threads: Optional[int] = None
 
 
-def _median_seconds(fn: Callable[[], Any], repeats: int, warmup: int, sync: Callable[[], None]) -> List[float]:
+def _timings(fn: Callable[[], Any], repeats: int, warmup: int, sync: Callable[[], None]) -> List[float]:
+    """Seconds of each of `repeats` calls of fn, after `warmup` untimed ones."""
     for _ in range(warmup):
         fn()
     sync()
@@ -78,6 +79,10 @@ def _median_seconds(fn: Callable[[], Any], repeats: int, warmup: int, sync: Call
         sync()
         times.append(time.perf_counter() - t0)
     return times
+
+
+def _median_time(fn: Callable[[], Any], repeats: int, warmup: int, sync: Callable[[], None]) -> float:
+    return statistics.median(_timings(fn, repeats, warmup, sync))
 
 
 def _sync_for(device: torch.device) -> Callable[[], None]:
@@ -122,16 +127,14 @@ def measure_passes(ctx: MethodContext, x: torch.Tensor, repeats: int, warmup: in
     sync = _sync_for(x.device)
     out: Dict[str, float] = {}
     with frozen_eval(student):
-        out["teacher_forward"] = statistics.median(_median_seconds(lambda: forward(teacher), repeats, warmup, sync))
-        out["teacher_input_grad"] = statistics.median(
-            _median_seconds(lambda: input_grad(accel.attack_model(teacher)), repeats, warmup, sync))
+        out["teacher_forward"] = _median_time(lambda: forward(teacher), repeats, warmup, sync)
+        out["teacher_input_grad"] = _median_time(lambda: input_grad(accel.attack_model(teacher)), repeats, warmup, sync)
         if feats is not None:
-            out["teacher_head_grad"] = statistics.median(_median_seconds(head_grad, repeats, warmup, sync))
-        out["student_forward"] = statistics.median(_median_seconds(lambda: forward(student), repeats, warmup, sync))
-        out["student_input_grad"] = statistics.median(
-            _median_seconds(lambda: input_grad(accel.attack_model(student)), repeats, warmup, sync))
+            out["teacher_head_grad"] = _median_time(head_grad, repeats, warmup, sync)
+        out["student_forward"] = _median_time(lambda: forward(student), repeats, warmup, sync)
+        out["student_input_grad"] = _median_time(lambda: input_grad(accel.attack_model(student)), repeats, warmup, sync)
     was_training = student.training
-    out["student_train"] = statistics.median(_median_seconds(train_step, repeats, warmup, sync))
+    out["student_train"] = _median_time(train_step, repeats, warmup, sync)
     student.train(was_training)
     return out
 
@@ -151,10 +154,6 @@ def eval_bound(attack: str, settings: AttackSettings, passes: Dict[str, float], 
         return None  # AutoAttack: adaptive, no fixed number of passes
     per_batch = steps * passes["student_input_grad"] + passes["student_forward"]
     return per_batch * images / batch_size
-
-
-def _with_gen_iters(cfg: Config, n: int) -> Config:
-    return Config({**cfg.to_dict(), "gen_iters": n})
 
 
 def bench(req: BenchRequest, log: Callable[[str], None] = print) -> Dict[str, Any]:
@@ -180,7 +179,7 @@ def bench(req: BenchRequest, log: Callable[[str], None] = print) -> Dict[str, An
     stages: Dict[str, Dict[str, Any]] = {}
 
     def generate(iters: int) -> None:
-        ctx.cfg = _with_gen_iters(cfg, iters)
+        ctx.cfg = cfg.replace(gen_iters=iters)
         with ctx.accel.autocast():
             samples = method.generate(ctx)
         ctx.cfg = cfg
@@ -189,8 +188,8 @@ def bench(req: BenchRequest, log: Callable[[str], None] = print) -> Dict[str, An
     # Interleave the short and long generation stages so drifts of the machine hit both alike.
     short, long_ = [], []
     for i in range(req.warmup + req.repeats):
-        t_short = _median_seconds(lambda: generate(1), 1, 0, sync)[0]
-        t_long = _median_seconds(lambda: generate(1 + req.gen_extra_iters), 1, 0, sync)[0]
+        t_short = _timings(lambda: generate(1), 1, 0, sync)[0]
+        t_long = _timings(lambda: generate(1 + req.gen_extra_iters), 1, 0, sync)[0]
         if i >= req.warmup:
             short.append(t_short)
             long_.append(t_long)
@@ -204,7 +203,7 @@ def bench(req: BenchRequest, log: Callable[[str], None] = print) -> Dict[str, An
     opt = torch.optim.SGD(ctx.student.parameters(), lr=cfg.student_lr, momentum=cfg.student_momentum,
                           weight_decay=cfg.student_weight_decay)
     ctx.student.train()
-    times = _median_seconds(lambda: student_step(method, ctx, opt, student_batch(ctx.pool, cfg, rng)),
+    times = _timings(lambda: student_step(method, ctx, opt, student_batch(ctx.pool, cfg, rng)),
                             req.repeats, req.warmup, sync)
     stages["student iteration"] = {"seconds": statistics.median(times), "samples": req.batch_size}
     log(f"  student iteration: {statistics.median(times):.3f} s")
@@ -222,7 +221,7 @@ def bench(req: BenchRequest, log: Callable[[str], None] = print) -> Dict[str, An
     images = _bench_images(ctx, req.eval_images, rng)
     for attack in attacks:
         ctx.student.eval()
-        times = _median_seconds(lambda: evaluate(ctx.student, images, [attack], settings, device=str(device),
+        times = _timings(lambda: evaluate(ctx.student, images, [attack], settings, device=str(device),
                                                  batch_size=cfg.eval_batch_size), req.repeats, req.warmup, sync)
         bound = eval_bound(attack, settings, passes, req.batch_size, req.eval_images)
         stages[f"eval {attack}"] = {"seconds": statistics.median(times), "samples": req.eval_images,

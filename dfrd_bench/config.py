@@ -187,6 +187,10 @@ class Config(Mapping[str, Any]):
     def to_dict(self) -> Dict[str, Any]:
         return dict(self._values)
 
+    def replace(self, **changes: Any) -> "Config":
+        """A copy with `changes` applied (already resolved values; no checks)."""
+        return Config({**self._values, **changes})
+
 
 def parse_overrides(items: Iterable[str]) -> Dict[str, Any]:
     """['a=1', 'b=true', 'c=8/255'] -> {'a': 1, 'b': True, 'c': '8/255'} (typed later against defaults)."""

@@ -182,12 +182,14 @@ class World:
     def average_gradients(self, params: Iterable[torch.nn.Parameter]) -> None:
         """Average .grad over the ranks: the gradient of the mean loss over the global batch when each
         rank's loss is its shard's mean (DistributedDataParallel's all-reduce)."""
-        self.average_([p.grad for p in params if p.grad is not None])
+        if self.parallel:  # a no-op in one process: nothing to collect on the student's hot path
+            self.average_([p.grad for p in params if p.grad is not None])
 
     def average_buffers(self, module: torch.nn.Module) -> None:
         """Average the floating-point buffers (BatchNorm running statistics) over the ranks: for the
         running means this is exactly the single-process update on the global batch."""
-        self.average_([b for b in module.buffers() if b.is_floating_point()])
+        if self.parallel:
+            self.average_([b for b in module.buffers() if b.is_floating_point()])
 
     def broadcast_module(self, module: torch.nn.Module) -> None:
         """Rank 0's parameters and buffers on every rank (after a re-initialisation drawn per rank)."""

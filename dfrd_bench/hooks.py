@@ -13,6 +13,11 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .errors import InputError
 
 
+def instance_means(x: torch.Tensor) -> torch.Tensor:
+    """Per-sample means over the spatial dimensions of a BN input: (N, C) (CMI's instance features)."""
+    return x.mean(dim=list(range(2, x.dim()))) if x.dim() > 2 else x
+
+
 class BNStatistics:
     """Collects BN-statistics terms. With `momentum`, each layer's batch statistics are blended
     with the past ones, m * past + (1 - m) * batch (Fast-Datafree); `commit=False` uses the past
@@ -51,7 +56,7 @@ class BNStatistics:
         x = inputs[0]
         dims = [0] + list(range(2, x.dim()))
         if self.instance_means is not None:
-            per_sample = x.mean(dims[1:]) if x.dim() > 2 else x
+            per_sample = instance_means(x)
             self.instance_means.append(per_sample)
             mean = per_sample.mean(0)
         else:
@@ -102,8 +107,7 @@ def bn_input_means(model: torch.nn.Module) -> Iterator[List[torch.Tensor]]:
     collected: List[torch.Tensor] = []
 
     def hook(module, inputs, output):
-        x = inputs[0]
-        collected.append(x.mean(dim=list(range(2, x.dim()))) if x.dim() > 2 else x)
+        collected.append(instance_means(inputs[0]))
 
     handles = [layer.register_forward_hook(hook) for layer in layers]
     try:

@@ -113,7 +113,7 @@ def student_batch(pool: SamplePool, cfg: Config, rng: torch.Generator, world: Op
 
 
 def make_context(cfg: Config, dataset: str, device: torch.device, rng: torch.Generator,
-                 model_dir: Optional[str] = None, rank: int = 0, world: Optional[World] = None) -> MethodContext:
+                 model_dir: Optional[str] = None, world: Optional[World] = None) -> MethodContext:
     """Teacher (frozen, eval), fresh student, empty pool and speed settings: what a method sees.
     Shared by `run` and `dfrd-bench bench`, so the benchmark times the models a run trains. In a
     data-parallel run (`world`) rank 0 loads the teacher first (a download happens once) and the
@@ -129,7 +129,7 @@ def make_context(cfg: Config, dataset: str, device: torch.device, rng: torch.Gen
         student.to(memory_format=torch.channels_last)
     return MethodContext(teacher=teacher, student=student, cfg=rank_config(cfg, world), device=device, rng=rng,
                          pool=SamplePool(cfg.pool_max, device), num_classes=spec.num_classes,
-                         image_size=spec.image_size, rank=world.rank if world.parallel else rank,
+                         image_size=spec.image_size, rank=world.rank,
                          accel=Accelerator.from_config(cfg, device), world=world)
 
 
@@ -154,8 +154,8 @@ def rank_config(cfg: Config, world: World) -> Config:
     """The settings a method sees on this rank: its share of synthesis_batch_size and batch_size."""
     if not world.parallel:
         return cfg
-    return Config({**cfg.to_dict(), "synthesis_batch_size": cfg.synthesis_batch_size // world.size,
-                   "batch_size": cfg.batch_size // world.size})
+    return cfg.replace(synthesis_batch_size=cfg.synthesis_batch_size // world.size,
+                       batch_size=cfg.batch_size // world.size)
 
 
 def check_data_parallel(method_cls: type, cfg: Config, world: World) -> None:

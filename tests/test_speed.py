@@ -23,8 +23,23 @@ def _net(arch: str = "resnet8", seed: int = 0) -> torch.nn.Module:
 
 
 # ------------------------------------------------------------------------------------------------ CMI
+def contrastive_loss_plain(head, local_feat: torch.Tensor, global_feat: torch.Tensor, bank_local: torch.Tensor,
+                           bank_global: torch.Tensor, temperature: float) -> torch.Tensor:
+    """methods.cmi.contrastive_loss written the straightforward way: the reference it must equal."""
+    from methods.cmi import contrastive_logits
+
+    n = len(local_feat)
+    proj = head(torch.cat([local_feat, bank_local, global_feat, bank_global]))
+    p_local, p_global = proj.chunk(2)
+    logits = contrastive_logits(p_local, p_global, temperature)
+    per_row = F.cross_entropy(logits, torch.arange(len(logits), device=logits.device), reduction="none")
+    if len(bank_local):
+        return per_row[:n].mean() + per_row[n:].mean()
+    return per_row.mean()
+
+
 def test_cmi_contrastive_loss_equals_plain_in_value_and_gradients():
-    from methods.cmi import MLPHead, contrastive_loss, contrastive_loss_plain
+    from methods.cmi import MLPHead, contrastive_loss
 
     torch.manual_seed(0)
     head = MLPHead(12, 8)
