@@ -10,6 +10,8 @@ from typing import Any, Callable, Dict, Optional
 
 import click
 
+from .config import PRESET_NAMES
+
 
 def friendly(fn: Callable) -> Callable:
     """Report the project's own errors (and a bad path's OS errors) as one line; anything else is a
@@ -85,11 +87,16 @@ def list_cmd(what: str) -> None:
         rows = [[n, METHODS.get(n).summary, ", ".join(["paper"] + sorted(METHODS.get(n).variants))] for n in METHODS.names()]
         click.echo(tabulate(rows, headers=["method", "summary", "variants"]))
     elif what == "presets":
-        from .config import RUNNER_PRESETS
+        from .config import PRESET_PARENTS, RUNNER_PRESETS
+        from .method import METHODS, load_plugins
 
-        rows = [[p, ds, ", ".join(f"{k}={v}" for k, v in vals.items())] for p, per in RUNNER_PRESETS.items()
-                for ds, vals in per.items() if vals]
-        click.echo(tabulate(rows, headers=["preset", "dataset", "settings (on top of the runner defaults)"]))
+        load_plugins()
+        rows = [[p + (f" (on {PRESET_PARENTS[p]})" if p in PRESET_PARENTS else ""), "runner", ds,
+                 ", ".join(f"{k}={v}" for k, v in vals.items())]
+                for p, per in RUNNER_PRESETS.items() for ds, vals in per.items() if vals]
+        rows += [[p, n, ds, ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in vals.items())]
+                 for n in METHODS.names() for p, per in METHODS.get(n).presets.items() for ds, vals in per.items() if vals]
+        click.echo(tabulate(rows, headers=["preset", "layer", "dataset", "settings (on top of the defaults)"]))
     elif what == "datasets":
         from .data import DATASETS
 
@@ -227,7 +234,7 @@ def eval_cmd(model_spec, arch, model_dir, dataset, source, data_root, limit, eps
 @click.option("--teacher", default=None, help="teacher spec (default: the preset's)")
 @click.option("--teacher-arch", default=None, help="architecture of a foreign teacher checkpoint")
 @click.option("--student", default=None, help="student architecture (default: the preset's)")
-@click.option("--preset", type=click.Choice(["paper", "quick", "smoke"]), default="quick", show_default=True)
+@click.option("--preset", type=click.Choice(PRESET_NAMES), default="quick", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="override any setting (repeatable)")
 @click.option("--attacks", default=None, help="attacks for the final evaluation (default: the preset's)")
@@ -270,7 +277,7 @@ def run_cmd(method, dataset, source, data_root, teacher, teacher_arch, student, 
 @main.command("bench")
 @click.option("--method", required=True, help="a registered method (see `list methods`)")
 @click.option("--dataset", default="cifar10", show_default=True)
-@click.option("--preset", type=click.Choice(["paper", "quick", "smoke"]), default="paper", show_default=True,
+@click.option("--preset", type=click.Choice(PRESET_NAMES), default="paper", show_default=True,
               help="whose per-iteration settings (attack steps, bottleneck steps, ...) are timed")
 @click.option("--teacher", default="random:wrn-16-2", show_default=True,
               help="teacher spec; random:<arch> times an untrained model of that architecture")
@@ -318,7 +325,7 @@ def _comma(text: Optional[str]):
 @click.option("--seed", "seeds", default=None, help="comma list of seeds (default 0)")
 @click.option("--grid", "grids", multiple=True, metavar="KEY=V1,V2", help="a setting swept over values (repeatable)")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="a setting for every run (repeatable)")
-@click.option("--preset", type=click.Choice(["paper", "quick", "smoke"]), default=None, help="default: quick")
+@click.option("--preset", type=click.Choice(PRESET_NAMES), default=None, help="default: quick")
 @click.option("--teacher", default=None)
 @click.option("--source", default=None)
 @click.option("--data-root", default=None, help="data root for every run (default: each run's $DFRD_DATA)")
@@ -374,13 +381,15 @@ def sweep_cmd(sweep_file, methods, datasets, students, seeds, grids, sets, prese
 @main.command("table")
 @click.option("--table", "which", default="all", show_default=True,
               help="paper table number 1-9, a comma list, all, variants (every method/variant/setting "
-                   "found, side by side) or runs (every run with its cost)")
+                   "found, side by side), runs (every run with its cost) or claims (the paper's claims "
+                   "answered with bootstrap intervals; Markdown)")
 @click.option("--attacks", default="all", show_default=True, help="all, or a comma list of clean,fgsm,pgd20,cw,aa")
 @click.option("--format", "fmt", type=click.Choice(["markdown", "latex"]), default="markdown", show_default=True)
 @click.option("--results", multiple=True, default=["results"], show_default=True,
               help="folder searched for result JSONs (repeatable)")
 @click.option("--paper", is_flag=True, help="put the paper's published number and the difference beside ours")
-@click.option("--ci", is_flag=True, help="add a 95%% bootstrap interval to every worst-class cell")
+@click.option("--ci", is_flag=True, help="add a 95%% bootstrap interval to every worst-class cell and, in the method "
+                                        "tables, mark cells significantly better/worse than the best baseline")
 @click.option("--out", default=None, help="write to this file instead of printing")
 @click.option("--into", default=None, metavar="FILE",
               help="replace the block between <!-- tables:start --> and <!-- tables:end --> in FILE")
@@ -409,6 +418,12 @@ def table_cmd(which, attacks, fmt, results, paper, ci, out, into, strict) -> Non
     for n in numbers:
         if n == "runs":
             parts.append(run_list(results, fmt))
+            continue
+        if n == "claims":
+            from .report.claims import claims_section
+
+            text = claims_section(results)
+            parts.append(text if fmt == "markdown" else "\n".join(f"% {line}" for line in text.splitlines()))
             continue
         built = [t for t in build_tables(n, results, wanted, paper=paper, ci=ci) if t.blocks and t.blocks[0][1]]
         if built:

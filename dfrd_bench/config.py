@@ -5,6 +5,7 @@ Resolution order (later wins):
   -> Method.defaults -> Method.presets[preset]['*'] -> Method.presets[preset][dataset]
   -> Method.variants[variant] (when --set variant=NAME; a variant may also hold per-preset layers:
      {'*': {...}, 'quick': {...}}) -> --set key=value.
+A preset with a parent (PRESET_PARENTS: standard -> quick) applies the parent's preset layers first.
 The result is one flat, frozen, JSON-serialisable mapping stored in every result.
 """
 from __future__ import annotations
@@ -13,14 +14,17 @@ import difflib
 import math
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Dict, Iterable, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 import yaml
 
 from .errors import DfrdError
 from .utils import parse_fraction
 
-PRESET_NAMES = ("paper", "quick", "smoke")
+PRESET_NAMES = ("paper", "standard", "quick", "smoke")
+# A preset may build on another: its layers go on top of the parent's (runner, method and variant
+# layers alike), so `standard` is `quick` with the budget raised and nothing else to keep in step.
+PRESET_PARENTS: Dict[str, str] = {"standard": "quick"}
 STUDENT_SCHEDULES = ("cosine", "cosine-through-warmup", "constant")
 COMPILE_MODES = ("auto", "on", "off")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -87,6 +91,13 @@ RUNNER_PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
               "synthesis_batch_size": 64, "pool_max": 4096, "eval_limit": None, "aa_limit": 2000},
         "cifar10": {"teacher": "cpu-resnet20-cifar10"},
     },
+    # The CPU benchmark (issue 12; pilot and reasoning in results/standard-pilot/README.md): `quick` with
+    # 5x the student steps (40 epochs x 40 iterations of 64 = 1,600) and a pool of 40 x 128 = 5,120
+    # synthetic images instead of 512; full test split, AutoAttack on a stratified 500 (50 per class).
+    # About 20 minutes a run on 2 cores, evaluation included.
+    "standard": {
+        "*": {"epochs": 40, "synthesis_batch_size": 128, "pool_max": 8192, "aa_limit": 500},
+    },
     # Seconds, for tests and plumbing checks.
     "smoke": {
         "*": {"student": "resnet8", "epochs": 2, "gen_iters": 2, "student_iters": 2, "batch_size": 8,
@@ -150,6 +161,8 @@ RUNNER_RANGES: Dict[str, Range] = {
 def validate(values: Mapping[str, Any], defaults: Mapping[str, Any], ranges: Mapping[str, Range]) -> None:
     """Every setting in its range, every float finite, warm-up shorter than the run; one line per error."""
     for key, value in values.items():
+        if value is None and defaults.get(key) is not None:
+            raise ConfigError(f"{key} needs a value (null is allowed only for settings whose default is null)")
         if key in ranges:
             ranges[key].check(key, value, nullable=defaults.get(key) is None)
         elif isinstance(value, float) and not math.isfinite(value):
@@ -204,6 +217,8 @@ def parse_overrides(items: Iterable[str]) -> Dict[str, Any]:
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
+    if value is None:   # allowed only where the declared default is None (checked in validate)
+        return None
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{key} takes true or false, got {value!r}")
@@ -249,11 +264,12 @@ def resolve_config(method_cls: Any, dataset: str, preset: str, overrides: Option
     values: Dict[str, Any] = {**RUNNER_DEFAULTS, **method_defaults}
     keys = list(values)
     _layer(values, getattr(method_cls, "runner_defaults", {}), RUNNER_DEFAULTS, f"{method_cls.name} runner_defaults")
-    _layer(values, RUNNER_PRESETS[preset].get("*", {}), keys, f"preset {preset}")
-    _layer(values, RUNNER_PRESETS[preset].get(dataset, {}), keys, f"preset {preset}/{dataset}")
-    method_presets = getattr(method_cls, "presets", {}).get(preset, {})
-    _layer(values, method_presets.get("*", {}), keys, f"{method_cls.name} preset {preset}")
-    _layer(values, method_presets.get(dataset, {}), keys, f"{method_cls.name} preset {preset}/{dataset}")
+    for name in preset_chain(preset):   # a parent preset's layers first, then the preset's own
+        _layer(values, RUNNER_PRESETS[name].get("*", {}), keys, f"preset {name}")
+        _layer(values, RUNNER_PRESETS[name].get(dataset, {}), keys, f"preset {name}/{dataset}")
+        method_presets = getattr(method_cls, "presets", {}).get(name, {})
+        _layer(values, method_presets.get("*", {}), keys, f"{method_cls.name} preset {name}")
+        _layer(values, method_presets.get(dataset, {}), keys, f"{method_cls.name} preset {name}/{dataset}")
     overrides = dict(overrides or {})
     variant = overrides.get("variant", values["variant"])
     if variant != "paper":
@@ -281,7 +297,16 @@ def _variant_layers(variant: Mapping[str, Any], preset: str, dataset: str):
     '<preset>/<dataset>': settings} when part of it depends on the budget (e.g. a warm-up length)."""
     if "*" not in variant:
         return [("", variant)]
-    return [(f" ({key})", variant[key]) for key in ("*", preset, f"{preset}/{dataset}") if key in variant]
+    keys = ["*"] + [k for name in preset_chain(preset) for k in (name, f"{name}/{dataset}")]
+    return [(f" ({key})", variant[key]) for key in keys if key in variant]
+
+
+def preset_chain(preset: str) -> List[str]:
+    """The presets whose layers make up `preset`, parent first: ['quick', 'standard'] for standard."""
+    chain = [preset]
+    while chain[-1] in PRESET_PARENTS:
+        chain.append(PRESET_PARENTS[chain[-1]])
+    return chain[::-1]
 
 
 def student_steps(cfg: Mapping[str, Any]) -> int:

@@ -84,40 +84,94 @@ def summarize(y: np.ndarray, pred: np.ndarray, num_classes: int) -> Dict[str, An
     return out
 
 
-def worst_draws(per_class: Sequence[Optional[float]], per_class_n: Sequence[int], fraction: Optional[float],
-                draws: int, rng: np.random.Generator) -> Tuple[float, np.ndarray]:
-    """(estimate, bootstrap draws) of the worst-class (fraction None) or worst-`fraction` accuracy.
+Evaluation = Tuple[Sequence[Optional[float]], Sequence[int]]   # (per-class accuracy %, per-class image count)
+
+
+def metric_draws(per_class: Sequence[Optional[float]], per_class_n: Sequence[int], metric: str,
+                 draws: int, rng: np.random.Generator) -> Tuple[float, np.ndarray]:
+    """(estimate, bootstrap draws) of `metric` (avg | worst | worst10 | nsd) of one evaluation.
 
     Resampling the test images with replacement, stratified by class (the split is fixed per class),
-    makes each class's correct count Binomial(n_c, p_c); the statistic is recomputed on each draw.
+    makes each class's correct count Binomial(n_c, p_c); the metric is recomputed on each draw with
+    the definitions at the top of this module.
     """
     acc = np.array([np.nan if v is None else v for v in per_class], dtype=float) / 100.0
     n = np.asarray(per_class_n, dtype=np.int64)
     keep = (n > 0) & ~np.isnan(acc)
     acc, n = acc[keep], n[keep]
     hits = rng.binomial(n[None, :], acc[None, :], size=(draws, len(n))) / n[None, :] * 100.0
-    if fraction is None:
-        return float(acc.min() * 100.0), hits.min(1)
-    k = max(1, math.ceil(fraction * len(per_class)))
-    return worst_fraction(acc * 100.0, fraction), np.sort(hits, axis=1)[:, :k].mean(1)
+    pct = acc * 100.0
+    if metric == "avg":
+        return float((pct * n).sum() / n.sum()), (hits * n[None, :]).sum(1) / n.sum()
+    if metric == "worst":
+        return float(pct.min()), hits.min(1)
+    if metric == "worst10":
+        k = max(1, math.ceil(0.1 * len(per_class)))
+        return worst_fraction(pct, 0.1), np.sort(hits, axis=1)[:, :k].mean(1)
+    if metric == "nsd":
+        mean = hits.mean(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return nsd(pct), np.where(mean > 0, hits.std(1) / np.maximum(mean, 1e-12), np.nan)
+    raise ValueError(f"unknown metric {metric!r}: avg, worst, worst10 or nsd")
 
 
-def bootstrap_worst(evaluations: Sequence[Tuple[Sequence[Optional[float]], Sequence[int]]],
+def seed_and_image_draws(evaluations: Sequence[Evaluation], metric: str, draws: int,
+                         rng: np.random.Generator) -> Tuple[float, np.ndarray]:
+    """(mean over seeds, bootstrap draws of that mean), resampling on two levels: the seeds with
+    replacement, then within each drawn seed its test images per class (`metric_draws`). With one
+    seed only the images are resampled, so the interval then says nothing about seed-to-seed spread."""
+    per_seed = [metric_draws(pc, pn, metric, draws, rng) for pc, pn in evaluations]
+    estimate = float(np.mean([e for e, _ in per_seed]))
+    table = np.stack([d for _, d in per_seed])                       # (seeds, draws)
+    s = len(per_seed)
+    if s == 1:
+        return estimate, table[0]
+    picks = rng.integers(0, s, size=(draws, s))                      # seeds drawn with replacement
+    return estimate, table[picks, np.arange(draws)[:, None]].mean(1)
+
+
+def bootstrap_difference(a: Sequence[Evaluation], b: Sequence[Evaluation], metric: str, draws: int = 4000,
+                         level: float = 0.95, seed: int = 0) -> Dict[str, float]:
+    """Percentile bootstrap interval of metric(a) - metric(b), each the mean over its seeds.
+
+    The two sides are resampled independently (seeds, then test images per class:
+    `seed_and_image_draws`); pairing the images would be sharper but needs per-image results, which a
+    result file does not keep, so this test is conservative for attacks on shared images. The
+    difference is significant at `level` when the interval excludes 0. Draws whose NSD is undefined
+    (a mean accuracy of 0) are dropped. Returns {'a', 'b' (the two seed means), 'diff', 'low', 'high',
+    'significant', 'level', 'draws'}.
+    """
+    rng = np.random.default_rng(seed)
+    ea, da = seed_and_image_draws(a, metric, draws, rng)
+    eb, db = seed_and_image_draws(b, metric, draws, rng)
+    diff = da - db
+    diff = diff[~np.isnan(diff)]
+    if not len(diff):
+        return {"a": ea, "b": eb, "diff": float("nan"), "low": float("nan"), "high": float("nan"),
+                "significant": False, "level": level, "draws": 0}
+    tail = (1.0 - level) / 2.0 * 100.0
+    low, high = np.percentile(diff, [tail, 100.0 - tail])
+    return {"a": ea, "b": eb, "diff": ea - eb, "low": float(low), "high": float(high), "significant": bool(low > 0 or high < 0),
+            "level": level, "draws": int(len(diff))}
+
+
+def bootstrap_worst(evaluations: Sequence[Evaluation],
                     fraction: Optional[float] = None, draws: int = 2000, level: float = 0.95,
                     seed: int = 0) -> Dict[str, float]:
     """Percentile bootstrap interval for the worst-class (or worst-`fraction`) accuracy.
 
     `evaluations` holds (per_class accuracy in percent, per_class_n) of one evaluation, or of several
-    seeds whose worst values are averaged (each resampled independently, then the draws averaged).
+    seeds whose worst values are averaged (seeds resampled, then each drawn seed's images:
+    `seed_and_image_draws`, the same resampling as the significance test).
     With ~1,000 images per class the interval is about +-3 points; on 100 per class about +-9. The
     minimum over noisy classes is biased low: when several classes are close to the worst one the
     interval sits below the estimate, a sign that which class is worst is itself uncertain.
     Returns {'estimate', 'low', 'high', 'draws', 'level'} in percent.
     """
+    if fraction not in (None, 0.1):
+        raise ValueError(f"worst-fraction {fraction}: only the worst class (None) and the worst 10% (0.1) are defined")
     rng = np.random.default_rng(seed)
-    pairs = [worst_draws(pc, pn, fraction, draws, rng) for pc, pn in evaluations]
-    estimate = float(np.mean([e for e, _ in pairs]))
-    stats = np.mean([d for _, d in pairs], axis=0)
+    estimate, stats = seed_and_image_draws(evaluations, "worst" if fraction is None else "worst10", draws, rng)
     tail = (1.0 - level) / 2.0 * 100.0
     low, high = np.percentile(stats, [tail, 100.0 - tail])
     return {"estimate": estimate, "low": float(low), "high": float(high), "draws": draws, "level": level}

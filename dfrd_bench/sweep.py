@@ -1,4 +1,8 @@
-"""Sweeps: a grid of runs (datasets x methods x students x seeds x --grid values), run or printed.
+"""Sweeps: a grid of runs (datasets x seeds x students x methods x cases x --grid values), run or printed.
+
+Runs go seed by seed (every method's seed 0 before any seed 1), so a long sweep fills a table evenly and
+an interrupted one has the most complete comparison. `cases` lists settings that go together (an
+ablation's rows), where `grid` takes every combination.
 
 Every point of the grid is an ordinary `dfrd-bench run` with the same folder name it would get from the
 command line, so a sweep finds its own finished runs (skipped), its interrupted ones (resumed from their
@@ -19,8 +23,8 @@ from .config import ConfigError, parse_overrides, resolve_config
 from .method import get_method
 from .runner import RESULT_FILE, STATE_FILE, RunRequest, run, run_name_for
 
-SWEEP_KEYS = ("preset", "datasets", "methods", "students", "seeds", "grid", "set", "out", "source", "data_root",
-              "teacher", "device")
+SWEEP_KEYS = ("preset", "datasets", "methods", "students", "seeds", "grid", "cases", "set", "out", "source",
+              "data_root", "teacher", "device")
 EMIT_MODES = ("local", "gpus:N", "slurm", "slurm:N", "torchrun", "torchrun:N")
 
 
@@ -31,6 +35,7 @@ class SweepSpec:
     students: List[Optional[str]] = field(default_factory=lambda: [None])   # None: the preset's student
     seeds: List[int] = field(default_factory=lambda: [0])
     grid: Dict[str, List[str]] = field(default_factory=dict)                # every combination
+    cases: List[Dict[str, str]] = field(default_factory=lambda: [{}])       # settings that go together, one point each
     fixed: Dict[str, str] = field(default_factory=dict)                     # applied to every run
     preset: str = "quick"
     out: str = "runs"
@@ -81,13 +86,24 @@ def spec_from(data: Dict[str, Any]) -> SweepSpec:
 
     if not data.get("methods") or not data.get("datasets"):
         raise ConfigError("a sweep needs methods and datasets (e.g. --method ferd,zskt --dataset cifar10)")
-    grid = {str(k): [str(x) for x in (v if isinstance(v, list) else [v])] for k, v in (data.get("grid") or {}).items()}
-    fixed = {str(k): str(v) for k, v in (data.get("set") or {}).items()}
+    grid = {str(k): [_text(x) for x in (v if isinstance(v, list) else [v])] for k, v in (data.get("grid") or {}).items()}
+    fixed = {str(k): _text(v) for k, v in (data.get("set") or {}).items()}
+    cases = data.get("cases") or [{}]
+    if not isinstance(cases, list) or not all(isinstance(c, dict) for c in cases):
+        raise ConfigError("cases: a list of mappings of settings, e.g. [{fae: false}, {utae: false}]")
+    cases = [{str(k): _text(v) for k, v in c.items()} for c in cases]
     return SweepSpec(methods=listed("methods", []), datasets=listed("datasets", []),
                      students=listed("students", [None]), seeds=[int(s) for s in listed("seeds", [0])],
-                     grid=grid, fixed=fixed, preset=data.get("preset", "quick"), out=data.get("out", "runs"),
+                     grid=grid, cases=cases, fixed=fixed, preset=data.get("preset", "quick"), out=data.get("out", "runs"),
                      source=data.get("source"), data_root=data.get("data_root"), teacher=data.get("teacher"),
                      device=data.get("device", "auto"))
+
+
+def _text(value: Any) -> str:
+    """A sweep value as `--set` text: YAML's booleans back to true/false, None to null."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "null" if value is None else str(value)
 
 
 def plan(spec: SweepSpec) -> List[PlannedRun]:
@@ -95,9 +111,9 @@ def plan(spec: SweepSpec) -> List[PlannedRun]:
     keys = sorted(spec.grid)
     combos = list(itertools.product(*(spec.grid[k] for k in keys))) or [()]
     planned = []
-    for dataset, method, student, seed, combo in itertools.product(spec.datasets, spec.methods, spec.students,
-                                                                  spec.seeds, combos):
-        sets = {**spec.fixed, **dict(zip(keys, combo))}
+    for dataset, seed, student, method, case, combo in itertools.product(spec.datasets, spec.seeds, spec.students,
+                                                                        spec.methods, spec.cases, combos):
+        sets = {**spec.fixed, **case, **dict(zip(keys, combo))}
         overrides = parse_overrides([f"{k}={v}" for k, v in sets.items()])
         # the same overrides `dfrd-bench run` builds, so the folder name is the same as from the CLI
         for key, value in (("teacher", spec.teacher), ("student", student)):

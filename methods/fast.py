@@ -130,6 +130,8 @@ class Fast(RobustKDMethod):
         "paper": {"*": {"gen_iters": 10, "warmup_epochs": 20, "epochs": 240}},
         "quick": {"*": {"gen_iters": 10, "epochs": 10, "warmup_epochs": 2, "reinit_after_warmup": 5,
                         "rslad_steps": 5}},
+        # standard builds on quick (2 warm-up epochs) with 40 student epochs, as every method
+        "standard": {"*": {"epochs": 42}},
         "smoke": {"*": {"epochs": 3, "warmup_epochs": 1, "reinit_after_warmup": 1, "rslad_steps": 2}},
     }
     variants = {

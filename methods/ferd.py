@@ -217,6 +217,7 @@ class FERD(Method):
                   "conditional": False, "warmup_epochs": 20, "student_schedule": "cosine-through-warmup",
                   "student_augment": True, "gen_adv_loss": "dkd", "latent_dim": 100, "lr_z": 0.015},
             "quick": {"warmup_epochs": 1, "epochs": 9},
+            "standard": {"warmup_epochs": 1, "epochs": 41},
             "smoke": {"warmup_epochs": 1, "epochs": 3},
         },
         # DIAGNOSTIC, not FERD: RSLAD's weights (5/6 on the adversarial term) on the default.

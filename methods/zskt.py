@@ -113,6 +113,11 @@ class ZSKT(RobustKDMethod):
         # (8 epochs x 40), 5-step RSLAD attacks.
         "quick": {"*": {**_PSEUDO_BATCH, "epochs": 32, "batch_size": 64, "synthesis_batch_size": 64, "pool_max": 64,
                         "checkpoint_every_epochs": 8, "rslad_steps": 5}},
+        # standard: 160 pseudo-batches x 10 = the 1,600 student steps of every method at standard; each
+        # pseudo-batch stays quick's 64 fresh images (ZSKT trains on the latest batch, not a pool), so the
+        # student sees 10,240 synthetic images in all.
+        "standard": {"*": {"epochs": 160, "synthesis_batch_size": 64, "pool_max": 64, "checkpoint_every_epochs": 20,
+                           "log_every_epochs": 4}},
         "smoke": {"*": {**_PSEUDO_BATCH, "student_iters": 2, "batch_size": 8, "synthesis_batch_size": 8, "pool_max": 8,
                         "rslad_steps": 2}},
     }

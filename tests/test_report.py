@@ -11,7 +11,7 @@ from dfrd_bench.cli import main
 from dfrd_bench.config import DEFAULTS_VERSION
 from dfrd_bench.metrics import bootstrap_worst, summarize
 from dfrd_bench.report.plots import FIGURES, plot
-from dfrd_bench.report.tables import build_tables, load_published, render
+from dfrd_bench.report.tables import build_tables, load_published, render, render_latex, render_markdown
 from dfrd_bench.store import write_result
 from dfrd_bench.sweep import emit, plan, run_sweep, spec_from
 from tests.conftest import random_images
@@ -74,6 +74,78 @@ def test_table1_matches_the_golden_file(results):
     assert text == golden.read_text()
 
 
+def test_bootstrap_difference_finds_real_gaps_and_not_noise():
+    from dfrd_bench.metrics import bootstrap_difference
+
+    same = [([40.0] * 10, [1000] * 10)] * 3
+    test = bootstrap_difference(same, same, "avg", seed=2)
+    assert not test["significant"] and test["low"] < 0 < test["high"]
+    lower = [([37.0] * 10, [1000] * 10)] * 3
+    gap = bootstrap_difference(same, lower, "avg", seed=2)
+    assert gap["significant"] and gap["diff"] == pytest.approx(3.0) and gap["low"] > 0
+    # seeds that disagree widen the interval: the same 3-point mean gap, with seeds 10 points apart
+    spread = [([30.0] * 10, [1000] * 10), ([40.0] * 10, [1000] * 10), ([50.0] * 10, [1000] * 10)]
+    assert not bootstrap_difference(spread, lower, "avg", seed=2)["significant"]
+    # a 7-point worst-class gap on 100 images per class is within noise (SE of the gap 7 points); on 1,000
+    # it is not (SE 2.2)
+    weak = [([50.0] + [90.0] * 9, [100] * 10)]
+    strong = [([57.0] + [90.0] * 9, [100] * 10)]
+    assert not bootstrap_difference(strong, weak, "worst", seed=2)["significant"]
+    weak_k = [([50.0] + [90.0] * 9, [1000] * 10)]
+    strong_k = [([57.0] + [90.0] * 9, [1000] * 10)]
+    assert bootstrap_difference(strong_k, weak_k, "worst", seed=2)["significant"]
+    # NSD: lower is better, the difference keeps its sign
+    even = [([50.0] * 10, [1000] * 10)]
+    uneven = [([20.0] * 5 + [80.0] * 5, [1000] * 10)]
+    nsd = bootstrap_difference(uneven, even, "nsd", seed=2)
+    assert nsd["significant"] and nsd["diff"] == pytest.approx(0.6)
+
+
+def test_method_tables_mark_significance_against_the_best_baseline_and_show_cost(results):
+    for name in ("zskt", "cmi", "ferd0", "ferd1"):
+        path = results / name / "result.json"
+        r = json.loads(path.read_text())
+        r["wall_seconds"] = {"train": 600.0, "eval": 120.0}
+        r["provenance"]["torch_threads"] = 2
+        write_result(r, path)
+    (table,) = build_tables("1", results, attacks=["pgd20"], ci=True)
+    rows = {r.label: r for r in table.blocks[0][1]}
+    col = ("pgd20", "avg")
+    assert rows["CMI"].significance[col] == "ref"                      # best baseline (FERD excluded)
+    assert rows["FERD"].significance[col] == "better"                  # 39 against 11.2 on 1,000 images
+    assert col not in rows["ZSKT"].significance                        # 9.0 against 11.2 on 1,000: SE of the gap 1.3
+    assert rows["FERD"].cost["train"].mean == pytest.approx(20.0)      # 600 s x 2 threads
+    text = render_markdown(table)
+    assert "39.00 ± 2.83 ▲" in text and "11.20 †" in text and "| 20 | 4 |" in text
+    assert "bootstrap of the difference" in text
+    assert "blacktriangle" in render_latex(table)
+    (plain,) = build_tables("1", results, attacks=["pgd20"])           # without --ci: no test is run
+    assert not any(r.significance for r in plain.blocks[0][1])
+
+
+def test_claims_answer_each_question_with_its_interval(results, tmp_path):
+    from dfrd_bench.report.claims import claims_section
+
+    folder = tmp_path / "claims"
+    for seed in (0, 1, 2):
+        # FERD: weak class 9 at 30 % PGD-20 and weighted 0.19; without reweighting class 9 is at 10 %
+        hist = [{"epoch": 1, "gen/p": [0.09] * 9 + [0.19]}]
+        write_result(_result("ferd", seed=seed, pgd=[40] * 9 + [30], history=hist), folder / f"f{seed}" / "result.json")
+        write_result(_result("ferd", seed=seed, pgd=[40] * 9 + [10], overrides={"reweight": False},
+                             config={"reweight": False}), folder / f"r{seed}" / "result.json")
+        write_result(_result("cmi", seed=seed, pgd=[60] * 9 + [50]), folder / f"c{seed}" / "result.json")
+    text = claims_section(folder)
+    worst = next(line for line in text.splitlines() if "PGD-20 worst-class" in line)
+    assert "**no**" in worst and "FERD 30.0 against CMI 50.0: -20.0" in worst and "significantly worse" in worst
+    nsd = next(line for line in text.splitlines() if "lower NSD than the best baseline on PGD-20?" in line)
+    assert "**not significantly**" in nsd and "no significant difference" in nsd   # 0.077 vs 0.051 on 100 per class
+    weight = next(line for line in text.splitlines() if "weakest class's weight" in line)
+    assert "**yes**" in weight and "airplane" not in weight and "p = 0.190" in weight and "rank 1 of 10" in weight
+    robust = next(line for line in text.splitlines() if "that class's robustness" in line)
+    assert "**yes**" in robust and "+20.0" in robust
+    assert "no FERD without UTAEs (`utae=false`, Table 3) run" in text   # said, not guessed
+
+
 def test_best_is_bold_and_second_underlined(results):
     (table,) = build_tables("1", results, attacks=["pgd20"])
     rows = {r.label: r for r in table.blocks[0][1]}
@@ -91,7 +163,7 @@ def test_missing_cells_are_dashed_and_counted(results):
     (table,) = build_tables("1", results, attacks=["clean", "pgd20"])
     text = render([table])
     deepinv = next(line for line in text.splitlines() if "| DeepInv |" in line)
-    assert deepinv.count("–") == 6
+    assert deepinv.count("–") == 6 + 2   # six metric cells and the two cost cells
     # DeepInv, Fast and DFHL have no result: 3 rows x 6 columns
     assert "–: 18 cells without a result" in text
 
@@ -212,6 +284,18 @@ def test_sweep_resumes_an_interrupted_run_and_prints_cluster_lines(tmp_path, tes
     gpus = emit(plan(spec), "gpus:2")
     assert "CUDA_VISIBLE_DEVICES=0" in gpus and "CUDA_VISIBLE_DEVICES=1" in gpus
     assert "torchrun" in emit(plan(spec), "torchrun")
+
+
+def test_sweep_cases_are_points_and_seeds_go_first(tmp_path):
+    spec = spec_from({"methods": "ferd,fast", "datasets": "cifar10", "seeds": "0,1", "preset": "smoke",
+                      "out": str(tmp_path / "runs"), "cases": [{"student_lr": 0.1}, {"student_lr": 0.05, "student_augment": False}]})
+    planned = plan(spec)
+    assert [(p.request.seed, p.request.method) for p in planned][:4] == [(0, "ferd"), (0, "ferd"), (0, "fast"), (0, "fast")]
+    assert [p.request.seed for p in planned] == [0] * 4 + [1] * 4
+    ferd = [p.request.overrides for p in planned if p.request.method == "ferd" and p.request.seed == 0]
+    assert ferd == [{"student_lr": 0.1}, {"student_lr": 0.05, "student_augment": False}]
+    with pytest.raises(ValueError, match="cases: a list of mappings"):
+        spec_from({"methods": "ferd", "datasets": "cifar10", "cases": {"gamma": 0.1}})
 
 
 def test_sweep_cli_matches_run_folder_names_and_rejects_bad_keys(tmp_path):

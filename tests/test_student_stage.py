@@ -35,6 +35,30 @@ def test_quick_presets_give_every_method_the_same_student_steps():
     assert student_steps(released) == 320
 
 
+def test_standard_preset_is_quick_with_five_times_the_steps_and_a_larger_pool():
+    for m in BUILT_IN:
+        quick = resolve_config(get_method(m), "cifar10", "quick")
+        standard = resolve_config(get_method(m), "cifar10", "standard")
+        assert student_steps(standard) == 5 * student_steps(quick) == 1600, m
+        # everything else as in quick: the parent's method layers (attack steps, bank sizes) carry over
+        same = {k for k in quick if k not in ("preset", "epochs", "synthesis_batch_size", "pool_max", "aa_limit",
+                                              "checkpoint_every_epochs", "log_every_epochs")}
+        assert {k: standard[k] for k in same} == {k: quick[k] for k in same}, m
+        pool = (standard.epochs - standard.warmup_epochs) * standard.synthesis_batch_size
+        assert pool >= 5120 and (m == "zskt" or standard.pool_max >= pool), m   # ZSKT: a fresh 64 per pseudo-batch
+    released = resolve_config(get_method("ferd"), "cifar10", "standard", {"variant": "released"})
+    assert student_steps(released) == 1600 and released.warmup_epochs == 1
+
+
+def test_null_only_where_the_default_is_null():
+    from dfrd_bench.config import ConfigError, parse_overrides
+
+    assert resolve_config(get_method("fast"), "cifar10", "quick", parse_overrides(["pool_max=null"])).pool_max is None
+    for key in ("epochs", "student_augment"):
+        with pytest.raises(ConfigError, match=f"{key} needs a value"):
+            resolve_config(get_method("fast"), "cifar10", "quick", parse_overrides([f"{key}=null"]))
+
+
 def test_student_augment_defaults_follow_each_reference():
     load_plugins()
     on = {m for m in BUILT_IN if resolve_config(get_method(m), "cifar10", "quick").student_augment}

@@ -64,6 +64,16 @@ class Run:
             return int(self.result["defaults_version"])
         return 2 if "student_augment" in self.config else 1
 
+    def cpu_minutes(self, kind: str) -> Optional[float]:
+        """What the run's `kind` ('train' | 'eval') cost: wall-clock minutes x torch threads x processes
+        (GPU runs: x 1 thread per process, so read them as device-minutes); None when not recorded."""
+        wall = (self.result.get("wall_seconds") or {}).get(kind)
+        prov = self.result.get("provenance") or {}
+        if wall is None:
+            return None
+        threads = 1 if prov.get("device", "cpu") != "cpu" else int(prov.get("torch_threads") or 1)
+        return float(wall) / 60.0 * threads * int(prov.get("world_size") or 1)
+
     def metric(self, attack: str, metric: str) -> Optional[float]:
         entry = self.result["attacks"].get(attack)
         if entry is None:

@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 from ..errors import DfrdError
 from ..attacks import ATTACK_ORDER
 from ..data.specs import get_dataset_spec
-from ..metrics import bootstrap_worst
+from ..metrics import bootstrap_difference, bootstrap_worst
 from ..registry import Registry
 from .collect import (Folders, HIGHER_IS_BETTER, Cell, Run, Setup, describe_sources, group_by_setup, load_model_evals,
                       load_runs, matches, teacher_attacks)
@@ -26,6 +26,8 @@ METRIC_LABELS = {"avg": "Avg", "worst": "Worst", "worst10": "Worst-10%", "nsd": 
 METHOD_LABELS = {"zskt": "ZSKT", "cmi": "CMI", "deepinv": "DeepInv", "fast": "Fast", "dfhl": "DFHL", "ferd": "FERD"}
 BASELINES = ("zskt", "cmi", "deepinv", "fast", "dfhl", "ferd")
 RSLAD_METHODS = ("zskt", "cmi", "deepinv", "fast")
+PROPOSED = ("ferd",)   # the method the paper proposes; every other row of a method table is a baseline
+SIGNIFICANCE_LEVEL = 0.95
 # What makes a FERD run the method the paper's numbers came from (docs/methods/ferd.md): UTAEs on the
 # student and crop+flip student batches. Runs made with the printed Eq. 10 (UTAEs on the teacher:
 # variant paper-literal, and the suite's default before issue 9) or before the augmentation existed
@@ -58,6 +60,9 @@ class TableSpec:
     per_student: bool = True                  # one block of rows per student architecture
     mark_best: bool = True
     published_by_student: bool = True         # published ids are '<student family>/<row id>'
+    # method tables: each cell is tested against the best baseline of its column (with --ci) and the
+    # rows carry the CPU-minutes a run cost
+    compare: bool = False
 
 
 TABLES: Registry[TableSpec] = Registry("table")
@@ -106,8 +111,10 @@ def _layer_rows(runs: List[Run]) -> Tuple[RowSpec, ...]:
 _ALL = ATTACK_ORDER
 _AWN = ("avg", "worst", "nsd")
 for _spec in (
-    TableSpec("1", "Avg, Worst and NSD of each method's student on CIFAR-10", "cifar10", _ALL, _AWN, _method_rows()),
-    TableSpec("2", "Avg, Worst-10% and NSD of each method's student on CIFAR-100", "cifar100", _ALL, _AWN, _method_rows()),
+    TableSpec("1", "Avg, Worst and NSD of each method's student on CIFAR-10", "cifar10", _ALL, _AWN, _method_rows(),
+              compare=True),
+    TableSpec("2", "Avg, Worst-10% and NSD of each method's student on CIFAR-100", "cifar100", _ALL, _AWN, _method_rows(),
+              compare=True),
     TableSpec("3", "Ablation of FERD's components", None, ("clean", "pgd20"), ("avg", "worst"), (
         RowSpec("ferd", "FERD", "ferd", _ferd(reweight=True, fae=True, utae=True)),
         RowSpec("no-reweight", "w/o reweighting", "ferd", _ferd(reweight=False, fae=True, utae=True)),
@@ -116,7 +123,7 @@ for _spec in (
         RowSpec("no-fae-utae", "w/o FAEs, UTAEs", "ferd", _ferd(reweight=True, fae=False, utae=False)),
     )),
     TableSpec("5", "Avg, Worst-10% and NSD on Tiny-ImageNet", "tinyimagenet", _ALL, _AWN,
-              _method_rows(("cmi", "deepinv", "fast", "dfhl", "ferd")), published_by_student=False),
+              _method_rows(("cmi", "deepinv", "fast", "dfhl", "ferd")), published_by_student=False, compare=True),
     TableSpec("6", "FERD's reweighting strategies", None, ("clean", "fgsm", "pgd20"), _AWN, tuple(
         RowSpec(s, label, "ferd", _ferd(reweight_strategy=s)) for s, label in (
             ("power", "power"), ("sigmoid", "sigmoid"), ("linear", "linear"), ("tanh", "tanh"),
@@ -135,7 +142,8 @@ for _spec in (
 ):
     TABLES.register(_spec.number, help=_spec.caption)(_spec)
 TABLE_NUMBERS = ("1", "2", "3", "4", "5", "6", "7", "8", "9")
-EXTRA_TABLES = ("variants", "runs")  # not among the paper's tables (and not in `all`)
+METHOD_TABLE_OF = {"cifar10": "1", "cifar100": "2", "tinyimagenet": "5"}   # the method comparison per dataset
+EXTRA_TABLES = ("variants", "runs", "claims")  # not among the paper's tables (and not in `all`)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,6 +157,11 @@ class BuiltRow:
     ci: Dict[Tuple[str, str], Tuple[float, float]] = field(default_factory=dict)
     marks: Dict[Tuple[str, str], str] = field(default_factory=dict)   # 'best' | 'second'
     seeds: int = 0
+    method: str = ""
+    # against the best baseline of the column: 'ref' (that baseline), 'better' | 'worse' (significant)
+    significance: Dict[Tuple[str, str], str] = field(default_factory=dict)
+    cost: Dict[str, "Cell"] = field(default_factory=dict)              # 'train' | 'eval': CPU-minutes per run
+    evaluations: Dict[str, List[Tuple[List[Optional[float]], List[int]]]] = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -160,6 +173,7 @@ class BuiltTable:
     notes: List[str]
     block_title: str = "Student"
     row_title: str = "Method"
+    cost: bool = False                                # show the CPU-minutes columns
 
     @property
     def missing(self) -> int:
@@ -206,12 +220,19 @@ def build_tables(number: str, results: Folders, attacks: Sequence[str] = _ALL, p
         rows_spec = spec.rows(setup_runs) if callable(spec.rows) else spec.rows
         if not any(matches(r, rs.method, rs.config, rs.variant) for r in setup_runs for rs in rows_spec):
             continue
-        out.append(_build(spec, setup, setup_runs, rows_spec, attacks, published, ci))
+        out.append(build_table_for(spec, setup, setup_runs, attacks, published, ci))
     if not out and paper:  # nothing of ours: still show the published numbers
         dataset = spec.dataset or "cifar10"
         rows_spec = spec.rows([]) if callable(spec.rows) else spec.rows
         out.append(_build(spec, Setup(dataset, "-", None, "-"), [], rows_spec, attacks, published, ci))
     return out
+
+
+def build_table_for(spec: TableSpec, setup: Setup, runs: List[Run], attacks: Sequence[str],
+                    published: Optional[Dict[str, Any]] = None, ci: bool = False) -> BuiltTable:
+    """One table of `spec` from the runs of one setup."""
+    rows_spec = spec.rows(runs) if callable(spec.rows) else spec.rows
+    return _build(spec, setup, runs, rows_spec, attacks, published, ci)
 
 
 def _build(spec: TableSpec, setup: Setup, runs: List[Run], rows_spec: Sequence[RowSpec], attacks: Sequence[str],
@@ -228,7 +249,10 @@ def _build(spec: TableSpec, setup: Setup, runs: List[Run], rows_spec: Sequence[R
         for rs in rows_spec:
             picked = [r for r in runs if matches(r, rs.method, rs.config, rs.variant) and (not student or r.student == student)]
             cells = {(a, m): Cell.of([r.metric(a, m) for r in picked]) for a, m in columns}
-            row = BuiltRow(rs.label, rs.id, cells, seeds=len(picked))
+            row = BuiltRow(rs.label, rs.id, cells, seeds=len(picked), method=rs.method,
+                           evaluations={a: evaluations_of(picked, a) for a in dict.fromkeys(a for a, _ in columns)})
+            if spec.compare:
+                row.cost = {kind: Cell.of([r.cpu_minutes(kind) for r in picked]) for kind in ("train", "eval")}
             if published is not None:
                 pid = f"{student_family(student)}/{rs.id}" if spec.published_by_student else rs.id
                 for a, m in columns:
@@ -237,21 +261,58 @@ def _build(spec: TableSpec, setup: Setup, runs: List[Run], rows_spec: Sequence[R
                         row.published[(a, m)] = float(v)
             if ci:
                 for a, m in columns:
-                    if m in ("worst", "worst10") and picked:
-                        evals = [(r.result["attacks"][a]["per_class"], r.result["attacks"][a]["per_class_n"])
-                                 for r in picked if a in r.result["attacks"]]
-                        if evals:
-                            b = bootstrap_worst(evals, fraction=0.1 if m == "worst10" else None)
-                            row.ci[(a, m)] = (b["low"], b["high"])
+                    if m in ("worst", "worst10") and row.evaluations[a]:
+                        b = bootstrap_worst(row.evaluations[a], fraction=0.1 if m == "worst10" else None)
+                        row.ci[(a, m)] = (b["low"], b["high"])
             rows.append(row)
         _deltas(rows, rows_spec, columns)
         if spec.mark_best:
             _mark(rows, columns)
+        if spec.compare and ci:
+            _test_against_best_baseline(rows, columns)
         blocks.append((student, rows))
     table = BuiltTable(spec.number, spec.caption, columns, blocks, [],
-                       block_title="Student" if spec.per_student else "")
+                       block_title="Student" if spec.per_student else "", cost=spec.compare)
     table.notes = _notes(table, setup, runs, published is not None, ci, published)
     return table
+
+
+def evaluations_of(runs: Sequence[Run], attack: str) -> List[Tuple[List[Optional[float]], List[int]]]:
+    """(per-class accuracy, per-class image count) of `attack` in each run that has it: what the
+    bootstrap resamples."""
+    out = []
+    for r in runs:
+        entry = r.result["attacks"].get(attack)
+        if entry and entry.get("per_class") and entry.get("per_class_n"):
+            out.append((entry["per_class"], entry["per_class_n"]))
+    return out
+
+
+def best_baseline(rows: Sequence[BuiltRow], column: Tuple[str, str]) -> Optional[BuiltRow]:
+    """The baseline row (not a PROPOSED method) with the best mean in `column`, or None."""
+    base = [r for r in rows if r.method not in PROPOSED and r.cells[column].mean is not None]
+    if not base:
+        return None
+    sign = 1.0 if HIGHER_IS_BETTER[column[1]] else -1.0
+    return max(base, key=lambda r: sign * r.cells[column].mean)
+
+
+def _test_against_best_baseline(rows: List[BuiltRow], columns) -> None:
+    """Mark every cell whose difference from its column's best baseline is significant at
+    SIGNIFICANCE_LEVEL: a two-level percentile bootstrap (seeds, then test images per class) of the
+    difference of the seed means, `metrics.bootstrap_difference`."""
+    for c in columns:
+        ref = best_baseline(rows, c)
+        if ref is None or not ref.evaluations.get(c[0]):
+            continue
+        ref.significance[c] = "ref"
+        for row in rows:
+            if row is ref or row.cells[c].mean is None or not row.evaluations.get(c[0]):
+                continue
+            test = bootstrap_difference(row.evaluations[c[0]], ref.evaluations[c[0]], c[1], level=SIGNIFICANCE_LEVEL)
+            if test["significant"]:
+                better = (test["diff"] > 0) == HIGHER_IS_BETTER[c[1]]
+                row.significance[c] = "better" if better else "worse"
 
 
 def _deltas(rows: List[BuiltRow], rows_spec: Sequence[RowSpec], columns) -> None:
@@ -305,8 +366,16 @@ def _notes(table: BuiltTable, setup: Setup, runs: List[Run], paper: bool, ci: bo
     if seeds and seeds != [1]:
         notes.append("Cells over several seeds show mean ± sample std; n = number of seeds.")
     if ci:
-        notes.append("Worst cells: [95% percentile bootstrap interval] over test images resampled per class "
-                     "(2,000 draws; the minimum is biased low when several classes are close to it).")
+        notes.append("Worst cells: [95% percentile bootstrap interval], resampling the seeds and, within each, the "
+                     "test images per class (2,000 draws; the minimum is biased low when several classes are close "
+                     "to it).")
+        if any(r.significance for _, rows in table.blocks for r in rows):
+            notes.append("† the best baseline of the column (FERD excluded); ▲ / ▼ significantly better / worse than "
+                         "it at 95%: percentile bootstrap of the difference of seed means, resampling seeds and then "
+                         "test images per class on each side independently (4,000 draws; `metrics.bootstrap_difference`).")
+    if table.cost:
+        notes.append("CPU-min: training and evaluation cost of one run (wall-clock minutes x torch threads, mean over "
+                     "seeds), so robustness per unit of compute can be read beside robustness.")
     if paper:
         src = (published or {}).get("source", "the paper")
         notes.append(f"[published; ours − published] from {src}. The paper used a WRN-34-10 teacher, ResNet-18 / "
@@ -379,6 +448,10 @@ def _cell_text(row: BuiltRow, c: Tuple[str, str], fmt: str) -> str:
             text += f" [{lo:.1f}, {hi:.1f}]"
         if c in row.delta and row.delta[c] is not None:
             text += f" ({row.delta[c]:+.2f})"
+        sig = row.significance.get(c)
+        if sig:
+            text += {"ref": " †", "better": " ▲", "worse": " ▼"}[sig] if fmt == "markdown" else \
+                {"ref": r" $^\dagger$", "better": r" $\blacktriangle$", "worse": r" $\blacktriangledown$"}[sig]
         mark = row.marks.get(c)
         if mark == "best":
             text = f"**{text}**" if fmt == "markdown" else rf"\textbf{{{text}}}"
@@ -395,15 +468,26 @@ def _header(c: Tuple[str, str]) -> str:
     return f"{ATTACK_LABELS.get(c[0], c[0])} {METRIC_LABELS[c[1]]}"
 
 
+COST_HEADERS = ("train CPU-min", "eval CPU-min")
+
+
+def _cost_cells(table: BuiltTable, row: BuiltRow) -> List[str]:
+    if not table.cost:
+        return []
+    return ["–" if row.cost.get(k) is None or row.cost[k].mean is None else f"{row.cost[k].mean:.0f}"
+            for k in ("train", "eval")]
+
+
 def render_markdown(table: BuiltTable) -> str:
     lead = [t for t in (table.block_title, table.row_title) if t] + ["n"]
+    cost = list(COST_HEADERS) if table.cost else []
     lines = [f"**Table {table.number}.** {table.caption}.", ""]
-    lines.append("| " + " | ".join(lead + [_header(c) for c in table.columns]) + " |")
-    lines.append("|" + "|".join([":--"] * len(lead) + ["--:"] * len(table.columns)) + "|")
+    lines.append("| " + " | ".join(lead + [_header(c) for c in table.columns] + cost) + " |")
+    lines.append("|" + "|".join([":--"] * len(lead) + ["--:"] * (len(table.columns) + len(cost))) + "|")
     for block, rows in table.blocks:
         for i, row in enumerate(rows):
             first = ([block if i == 0 else ""] if table.block_title else [])
-            cells = [_cell_text(row, c, "markdown") for c in table.columns]
+            cells = [_cell_text(row, c, "markdown") for c in table.columns] + _cost_cells(table, row)
             lines.append("| " + " | ".join(first + [row.label, str(row.seeds)] + cells) + " |")
     lines.append("")
     lines += [f"- {n}" for n in table.notes]
@@ -419,24 +503,25 @@ def render_latex(table: BuiltTable) -> str:
     lead = [t for t in (table.block_title, table.row_title) if t] + ["n"]
     attacks = list(dict.fromkeys(a for a, _ in table.columns))
     per = {a: [c for c in table.columns if c[0] == a] for a in attacks}
-    colspec = "l" * len(lead) + "".join("r" * len(per[a]) for a in attacks)
+    cost = list(COST_HEADERS) if table.cost else []
+    colspec = "l" * len(lead) + "".join("r" * len(per[a]) for a in attacks) + "r" * len(cost)
     out = [r"\begin{table}[t]", r"\centering", r"\small",
            rf"\caption{{Table {table.number}: {_tex(table.caption)}.}}", rf"\begin{{tabular}}{{{colspec}}}", r"\toprule"]
     out.append(" & ".join([""] * len(lead) + [rf"\multicolumn{{{len(per[a])}}}{{c}}{{{ATTACK_LABELS.get(a, a)}}}"
-                                                for a in attacks]) + r" \\")
+                                                for a in attacks] + [""] * len(cost)) + r" \\")
     rules, col = [], len(lead) + 1
     for a in attacks:
         rules.append(rf"\cmidrule(lr){{{col}-{col + len(per[a]) - 1}}}")
         col += len(per[a])
     out.append(" ".join(rules))
-    out.append(" & ".join(lead + [_tex(METRIC_LABELS[m]) for _, m in table.columns]) + r" \\")
+    out.append(" & ".join(lead + [_tex(METRIC_LABELS[m]) for _, m in table.columns] + cost) + r" \\")
     out.append(r"\midrule")
     for bi, (block, rows) in enumerate(table.blocks):
         if bi:
             out.append(r"\midrule")
         for i, row in enumerate(rows):
             first = ([_tex(block) if i == 0 else ""] if table.block_title else [])
-            cells = [_tex(_cell_text(row, c, "latex")) for c in table.columns]
+            cells = [_tex(_cell_text(row, c, "latex")) for c in table.columns] + _cost_cells(table, row)
             out.append(" & ".join(first + [_tex(row.label), str(row.seeds)] + cells) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}"]
     out += [rf"\par\footnotesize {_tex(n).replace('`', '')}" for n in table.notes]

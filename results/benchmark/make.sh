@@ -9,9 +9,9 @@ export DFRD_DATA=${DFRD_DATA:-../shared/assets} OMP_NUM_THREADS=${OMP_NUM_THREAD
 #    both produce the same folders as this single sweep, which skips what exists.
 dfrd-bench sweep results/benchmark/sweep.yaml --seed 0,1
 
-# 2. tables (results/README.md) and figures, from the result JSONs and the teacher's evaluation
+# 2. tables (results/benchmark/README.md) and figures, from the result JSONs and the teacher's evaluation
 dfrd-bench table --table 1,4,runs --attacks all --ci --results results/benchmark --results results/teachers \
-  --into results/README.md
+  --into results/benchmark/README.md
 dfrd-bench table --table 1 --attacks all --paper --results results/benchmark --results results/teachers \
   --out results/benchmark/table1-vs-paper.md
 dfrd-bench table --table 1,4 --attacks all --format latex --results results/benchmark --results results/teachers \

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Tables, claims and figures of the CPU benchmark from whatever runs have finished (results/standard/make.sh
+# calls it at the end; run it any time to refresh). Cells without runs show as "–".
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+S=results/standard
+T=results/teachers
+dfrd-bench table --table 1,claims --attacks all --ci --results $S/runs --results $T --into $S/README.md
+dfrd-bench table --table 3 --attacks clean,pgd20 --ci --results $S/runs --out $S/table3.md
+dfrd-bench table --table 6,7,8,9 --attacks all --results $S/quick/runs --out $S/quick/tables.md
+dfrd-bench table --table 1,3,runs --attacks all --ci --format latex --results $S/runs --results $T --out $S/tables.tex
+dfrd-bench table --table runs --results $S/runs --results $S/quick/runs --out $S/runs.md
+dfrd-bench table --table 1 --attacks all --paper --results $S/runs --results $T --out $S/table1-vs-paper.md
+dfrd-bench plot --results $S/runs --results $T --out $S/figures || true      # a figure without its runs is skipped
+dfrd-bench plot --figure 5 --results $S/quick/runs --out $S/quick/figures || true
