@@ -58,6 +58,10 @@ class RunError(DfrdError, RuntimeError):
     pass
 
 
+class RunFolderBusy(RunError):
+    """Another process holds the run folder's lock (a sweep worker beside this one takes that point)."""
+
+
 @dataclass
 class RunRequest:
     method: str
@@ -272,7 +276,7 @@ def run_folder_lock(run_dir: Path) -> Iterator[None]:
         lock = FileLock(str(run_dir / LOCK_FILE))
         lock.acquire(timeout=0)
     except Timeout:
-        raise RunError(f"another dfrd-bench run is using {run_dir} (it holds {run_dir / LOCK_FILE}): wait for it "
+        raise RunFolderBusy(f"another dfrd-bench run is using {run_dir} (it holds {run_dir / LOCK_FILE}): wait for it "
                        "to finish, or pass another --name / --out") from None
     except OSError as exc:
         raise RunError(f"cannot write to {run_dir} ({exc.strerror or exc}): pass an --out you can write to") from None

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .config import ConfigError, parse_overrides, resolve_config
 from .method import get_method
-from .runner import RESULT_FILE, STATE_FILE, RunRequest, run, run_name_for
+from .runner import RESULT_FILE, STATE_FILE, RunFolderBusy, RunRequest, run, run_name_for
 
 SWEEP_KEYS = ("preset", "datasets", "methods", "students", "seeds", "grid", "cases", "set", "out", "source",
               "data_root", "teacher", "device")
@@ -129,7 +129,10 @@ def plan(spec: SweepSpec) -> List[PlannedRun]:
 
 
 def run_sweep(planned: Sequence[PlannedRun], log: Callable[[str], None] = print) -> Tuple[int, int, List[str]]:
-    """Run every unfinished point one after another; returns (ran, skipped, failures)."""
+    """Run every unfinished point one after another; returns (ran, skipped, failures).
+
+    Several workers may run the same sweep side by side (e.g. one per core): each point's state is
+    read again just before it starts, and a point whose folder another worker holds is left to it."""
     ran, skipped, failures = 0, 0, []
     todo = [p for p in planned if p.status != "done"]
     for p in planned:
@@ -137,11 +140,18 @@ def run_sweep(planned: Sequence[PlannedRun], log: Callable[[str], None] = print)
             skipped += 1
             log(f"skip (finished): {p.run_dir}")
     for i, p in enumerate(todo, 1):
-        log(f"[{i}/{len(todo)}] {'resume' if p.status == 'resume' else 'start'}: {p.run_dir}")
-        p.request.resume = p.status == "resume"
+        if (p.run_dir / RESULT_FILE).exists():   # finished by another worker since the plan was made
+            skipped += 1
+            log(f"[{i}/{len(todo)}] skip (finished meanwhile): {p.run_dir}")
+            continue
+        p.request.resume = (p.run_dir / STATE_FILE).exists()
+        log(f"[{i}/{len(todo)}] {'resume' if p.request.resume else 'start'}: {p.run_dir}")
         try:
             run(p.request, log=log)
             ran += 1
+        except RunFolderBusy:
+            skipped += 1
+            log(f"[{i}/{len(todo)}] skip (another worker is running it): {p.run_dir}")
         except Exception as exc:  # one failed point must not stop the others; reported at the end
             log_path = _write_error_log(p.run_dir, exc)
             failures.append(f"{p.run_dir}: {type(exc).__name__}: {exc} (traceback: {log_path})")

@@ -286,6 +286,32 @@ def test_sweep_resumes_an_interrupted_run_and_prints_cluster_lines(tmp_path, tes
     assert "torchrun" in emit(plan(spec), "torchrun")
 
 
+def test_two_sweep_workers_share_the_points(tmp_path, test_npz):
+    from filelock import FileLock
+
+    spec = spec_from({"methods": "ferd", "datasets": "cifar10", "seeds": "0,1", "preset": "smoke",
+                      "out": str(tmp_path / "runs"), "source": test_npz, "set": {"teacher": "random:resnet8"}})
+    planned = plan(spec)
+    planned[0].run_dir.mkdir(parents=True)
+    other_worker = FileLock(str(planned[0].run_dir / ".lock"))
+    other_worker.acquire(timeout=0)            # another worker is running seed 0
+    try:
+        logs = []
+        ran, skipped, failures = run_sweep(planned, log=logs.append)
+    finally:
+        other_worker.release()
+    assert (ran, skipped, failures) == (1, 1, [])
+    assert any("another worker is running it" in line for line in logs)
+    assert not (planned[0].run_dir / "error.log").exists()
+    # a point finished by another worker after this worker planned it is skipped, not re-run
+    stale = plan(spec)
+    stale[0].status = "new"
+    (stale[0].run_dir / "result.json").write_text("{}")
+    logs = []
+    assert run_sweep(stale[:1], log=logs.append) == (0, 1, [])
+    assert "finished meanwhile" in logs[0]
+
+
 def test_sweep_cases_are_points_and_seeds_go_first(tmp_path):
     spec = spec_from({"methods": "ferd,fast", "datasets": "cifar10", "seeds": "0,1", "preset": "smoke",
                       "out": str(tmp_path / "runs"), "cases": [{"student_lr": 0.1}, {"student_lr": 0.05, "student_augment": False}]})

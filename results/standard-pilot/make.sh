@@ -14,3 +14,9 @@ for spec in ferd:40 fast:42 cmi:40; do
     --set epochs="$epochs" --set eval_limit=2000 --set aa_limit=500 --resume \
     > "results/standard-pilot/logs/$m-e40-s0.log" 2>&1
 done
+
+# Pool size: Fast again with 128 synthetic images per epoch instead of 64 (a 5,376-image pool, its two
+# warm-up epochs included, instead of 2,688), everything else the same.
+dfrd-bench run --method fast --dataset cifar10 --preset quick --seed 0 --out "$OUT" --name fast-e40-p128-s0 \
+  --set epochs=42 --set synthesis_batch_size=128 --set pool_max=8192 --set eval_limit=2000 --set aa_limit=500 --resume \
+  > results/standard-pilot/logs/fast-e40-p128-s0.log 2>&1

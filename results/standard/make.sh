@@ -3,19 +3,32 @@
 # interrupted one from its last checkpoint (evaluation included) and runs the rest, so it spans sessions.
 # Run from anywhere with ../shared/assets beside the repository:
 #   nohup results/standard/make.sh > results/standard/logs/make.log 2>&1 &
-# THREADS=N (default 1) sets the torch threads of each run; with 1 the second core stays free for
-# other work. Costs are reported in CPU-minutes (wall x threads), so they compare across settings.
+# WORKERS=N (default 1) runs N sweep workers side by side, each taking the next point no one holds;
+# THREADS=T (default 1) torch threads per run. On the 2-core machine: WORKERS=2 when nothing else
+# runs, WORKERS=1 to keep a core free. Costs are reported in CPU-minutes (wall x threads).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export DFRD_DATA=${DFRD_DATA:-../shared/assets}
 export OMP_NUM_THREADS=${THREADS:-1} MKL_NUM_THREADS=${THREADS:-1}
 S=results/standard
+mkdir -p $S/logs
 
 # In the order that answers the most first: ResNet-8 Table 1 (all seeds), FERD's ablations (Table 3,
 # the reweighting and UTAE claims), the quick-scale tables, then the MobileNet student.
-dfrd-bench sweep $S/table1.yaml --student resnet8
-dfrd-bench sweep $S/table3.yaml
-dfrd-bench sweep $S/quick-ablations.yaml
-dfrd-bench sweep $S/table8.yaml
-dfrd-bench sweep $S/table1.yaml --student mobilenetv2-x0.25-s2
+worker() {
+  dfrd-bench sweep $S/table1.yaml --student resnet8
+  dfrd-bench sweep $S/table3.yaml
+  dfrd-bench sweep $S/quick-ablations.yaml
+  dfrd-bench sweep $S/table8.yaml
+  dfrd-bench sweep $S/table1.yaml --student mobilenetv2-x0.25-s2
+}
+pids=()
+for w in $(seq "${WORKERS:-1}"); do
+  worker > "$S/logs/worker-$w.log" 2>&1 &
+  pids+=($!)
+  sleep 20   # the next worker then finds the first point's folder locked and takes the one after
+done
+status=0
+for p in "${pids[@]}"; do wait "$p" || status=1; done
 $S/render.sh
+exit $status

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 S=results/standard
 T=results/teachers
-dfrd-bench table --table 1,claims --attacks all --ci --results $S/runs --results $T --into $S/README.md
+dfrd-bench table --table 1,claims --attacks all --ci --results $S/runs --results $T --into results/README.md
 dfrd-bench table --table 3 --attacks clean,pgd20 --ci --results $S/runs --out $S/table3.md
 dfrd-bench table --table 6,7,8,9 --attacks all --results $S/quick/runs --out $S/quick/tables.md
 dfrd-bench table --table 1,3,runs --attacks all --ci --format latex --results $S/runs --results $T --out $S/tables.tex
