@@ -3,6 +3,7 @@
 # calls it at the end; run it any time to refresh). Cells without runs show as "–".
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+dfrd-bench() { python3 -m dfrd_bench.cli "$@"; }
 S=results/standard
 T=results/teachers
 dfrd-bench table --table 1,claims --attacks all --ci --results $S/runs --results $T --into results/README.md
