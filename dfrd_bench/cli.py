@@ -243,9 +243,11 @@ def eval_cmd(model_spec, arch, model_dir, dataset, source, data_root, limit, eps
 @click.option("--resume", is_flag=True, help="continue an interrupted run from its last checkpoint")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--model-dir", default=None, envvar="DFRD_MODELS", help="robustbench model folder")
+@click.option("--tensorboard", default=None, metavar="DIR",
+              help="also log every epoch record, the weights p_c and the sample grid to TensorBoard under DIR/<run>")
 @friendly
 def run_cmd(method, dataset, source, data_root, teacher, teacher_arch, student, preset, seed, sets, attacks, out, name,
-            resume, device, model_dir) -> None:
+            resume, device, model_dir, tensorboard) -> None:
     """Distil a student with one method, evaluate it per class, and write the result JSON.
 
     `torchrun --nproc_per_node=N -m dfrd_bench.cli run ...` makes it one data-parallel run over N
@@ -259,7 +261,8 @@ def run_cmd(method, dataset, source, data_root, teacher, teacher_arch, student, 
         if value is not None:
             overrides[key] = value
     req = RunRequest(method=method, dataset=dataset, preset=preset, seed=seed, overrides=overrides, source=source,
-                     data_root=data_root, out=out, run_name=name, resume=resume, device=device, model_dir=model_dir)
+                     data_root=data_root, out=out, run_name=name, resume=resume, device=device, model_dir=model_dir,
+                     tensorboard=tensorboard)
     main_process = env_rank() == 0  # the other processes of a torchrun stay quiet
     try:
         result = run(req, log=click.echo)

@@ -38,6 +38,7 @@ from .augment import random_crop_flip
 from .config import DEFAULTS_VERSION, STUDENT_SCHEDULES, Config, resolve_config, student_steps
 from .data import get_dataset_spec, load_split
 from .distributed import EvalShard, World, session
+from .epoch_log import epoch_line, open_tensorboard, require_tensorboard
 from .errors import DfrdError, DivergenceError, first_line
 from .evaluate import evaluate, non_finite_parameters, parse_attacks
 from .method import Batch, Method, MethodContext, Samples, get_method
@@ -76,6 +77,7 @@ class RunRequest:
     resume: bool = False
     device: str = "auto"
     model_dir: Optional[str] = None
+    tensorboard: Optional[str] = None  # a folder: TensorBoard logs under <folder>/<run name> (dfrd_bench.epoch_log)
 
 
 def run_name_for(req: RunRequest, cfg: Config) -> str:
@@ -185,12 +187,6 @@ def training_eta(records: List[Dict[str, Any]], epochs_left: int) -> float:
     Warm-up epochs (no student stage) are cheaper, so only epochs of the same kind as the last count."""
     same_kind = [r["seconds"] for r in records if ("lr" in r) == ("lr" in records[-1])]
     return float(np.median(same_kind)) * max(0, epochs_left) if same_kind else 0.0
-
-
-def _clock(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
 def _gather_samples(samples: Samples, world: World) -> Samples:
@@ -344,6 +340,8 @@ def run(req: RunRequest, log: Callable[[str], None] = print,
     if not cfg.teacher:
         raise RunError(f"preset {req.preset} has no teacher for {req.dataset}: pass --teacher SPEC")
     attacks = ",".join(parse_attacks(cfg.attacks))  # a bad attack list fails now, not after training
+    if req.tensorboard:
+        require_tensorboard()
     with session(req.device) as (world, device):
         check_data_parallel(method_cls, cfg, world)
         log = log if world.is_main else _silent
@@ -486,34 +484,43 @@ def _run_locked(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, d
     if ctx.accel.compile_attacks:
         log("compile: attack passes are compiled on first use (tens of seconds per model on a CPU)")
     last_samples, recent = None, []
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.time()
-        ctx.epoch = epoch
-        with ctx.accel.autocast():
-            samples = method.generate(ctx)
-        samples = _gather_samples(samples, world)
-        world.average_buffers(student)  # a method may run the student in train mode while generating (ZSKT)
-        pool.add(samples.x, samples.y)
-        last_samples = samples
-        record: Dict[str, Any] = {"epoch": epoch + 1, "pool": len(pool)}
-        record.update({f"gen/{k}": _to_float(v) for k, v in samples.logs.items()})
-        if epoch >= cfg.warmup_epochs:
-            record.update(_student_stage(method, ctx, opt, cfg, batch_rng, req.method))
-        if teacher.training or any(p.requires_grad for p in teacher.parameters()):
-            raise RunError(f"{req.method} left the teacher in train mode or unfrozen: teachers stay frozen in eval mode")
-        record.update({k: _to_float(v) for k, v in method.end_epoch(ctx).items()})
-        record["seconds"] = round(time.time() - t0, 2)
-        train_seconds += time.time() - t0
-        recent.append(record)
-        if (epoch + 1) % cfg.log_every_epochs == 0 or epoch + 1 == cfg.epochs:
-            history.append(record)
-            eta = training_eta(recent[-5:], cfg.epochs - epoch - 1)  # logged, not kept: it is a forecast
-            log(json.dumps({**{k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.items()
-                               if not isinstance(v, list)}, "eta": _clock(eta)}))
-        if (epoch + 1) % cfg.checkpoint_every_epochs == 0 or epoch + 1 == cfg.epochs:
-            _checkpoint(state_path, ctx, opt, method, batch_rng, cfg, history, epoch + 1, identity, train_seconds)
-        if after_epoch is not None:
-            after_epoch(epoch + 1)
+    # TensorBoard (--tensorboard): written by the main process only, closed (flushed) even on a failure
+    board = open_tensorboard(req.tensorboard, run_dir.name, spec.class_names or
+                             [str(c) for c in range(spec.num_classes)]) if world.is_main else None
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.time()
+            ctx.epoch = epoch
+            with ctx.accel.autocast():
+                samples = method.generate(ctx)
+            samples = _gather_samples(samples, world)
+            world.average_buffers(student)  # a method may run the student in train mode while generating (ZSKT)
+            pool.add(samples.x, samples.y)
+            last_samples = samples
+            record: Dict[str, Any] = {"epoch": epoch + 1, "pool": len(pool)}
+            record.update({f"gen/{k}": _to_float(v) for k, v in samples.logs.items()})
+            if epoch >= cfg.warmup_epochs:
+                record.update(_student_stage(method, ctx, opt, cfg, batch_rng, req.method))
+            if teacher.training or any(p.requires_grad for p in teacher.parameters()):
+                raise RunError(f"{req.method} left the teacher in train mode or unfrozen: teachers stay frozen in eval mode")
+            record.update({k: _to_float(v) for k, v in method.end_epoch(ctx).items()})
+            record["seconds"] = round(time.time() - t0, 2)
+            train_seconds += time.time() - t0
+            recent.append(record)
+            if (epoch + 1) % cfg.log_every_epochs == 0 or epoch + 1 == cfg.epochs:
+                history.append(record)
+                eta = training_eta(recent[-5:], cfg.epochs - epoch - 1)  # logged, not kept: it is a forecast
+                log(epoch_line(record, cfg.epochs, eta))
+                if board is not None:
+                    board.record(record)
+                    board.samples(samples.x, samples.y, epoch + 1)
+            if (epoch + 1) % cfg.checkpoint_every_epochs == 0 or epoch + 1 == cfg.epochs:
+                _checkpoint(state_path, ctx, opt, method, batch_rng, cfg, history, epoch + 1, identity, train_seconds)
+            if after_epoch is not None:
+                after_epoch(epoch + 1)
+    finally:
+        if board is not None:
+            board.close()
 
     student.eval()
     student_path = run_dir / "student.pt"

@@ -36,6 +36,45 @@ def test_ferd_smoke_run_writes_result_student_and_samples(tmp_path, test_npz):
     assert load_model(run_dir / "student.pt").arch == "resnet8"
 
 
+def test_epoch_log_is_one_compact_line_and_tensorboard_gets_every_record(tmp_path, test_npz):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    lines = []
+    result = run(_req(tmp_path, test_npz, tensorboard=str(tmp_path / "tb")), log=lines.append)
+    epoch_lines = [line for line in lines if line.startswith("epoch ")]
+    assert len(epoch_lines) == 2 and epoch_lines[1].startswith("epoch 2/2 · gen ")
+    assert " · student " in epoch_lines[1] and " · lr " in epoch_lines[1] and " · left 0:00:00" in epoch_lines[1]
+    assert not any(line.startswith("{") for line in lines)                 # the full record is in the history
+    assert "gen/total" in result["history"][1]
+    board = tmp_path / "tb" / result["run_dir"].split("/")[-1]
+    events = EventAccumulator(str(board), size_guidance={"images": 0, "scalars": 0}).Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"student/loss", "gen/total", "lr", "seconds", "pool"} <= scalars
+    assert [e.value for e in events.Scalars("student/loss")] == pytest.approx(
+        [h["student/loss"] for h in result["history"]], rel=1e-6)
+    assert events.Tags()["images"] == ["samples"]
+    # the sampling weights p_c: one chart, a line per class (add_scalars writes one run folder per class)
+    per_class = sorted(p.name for p in board.iterdir() if p.is_dir() and p.name.startswith("gen_p_"))
+    assert len(per_class) == 10 and "gen_p_airplane" in per_class
+
+
+def test_tensorboard_missing_fails_before_training(tmp_path, test_npz, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name.startswith("torch.utils.tensorboard"):
+            raise ImportError("No module named 'tensorboard'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    with pytest.raises(Exception, match=r"pip install 'dfrd-bench\[tensorboard\]'"):
+        run(_req(tmp_path, test_npz, tensorboard=str(tmp_path / "tb")), log=lambda s: None)
+    assert not (tmp_path / "runs").exists()                                # nothing was started
+
+
 def test_interrupted_run_resumes_to_the_same_student(tmp_path, test_npz, monkeypatch):
     kw = dict(overrides={"teacher": "random:resnet8", "epochs": 3})
     full = run(_req(tmp_path, test_npz, run_name="full", **kw), log=lambda s: None)
