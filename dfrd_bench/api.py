@@ -1,0 +1,76 @@
+"""The Python API for notebooks: the same runs, evaluations and results as the command line.
+
+    import dfrd_bench
+    result = dfrd_bench.run("ferd", preset="smoke", teacher="random:resnet8", out="runs")
+    frame = dfrd_bench.load_results("runs")          # one row per run x attack x class
+    model = dfrd_bench.load_model("runs/<run>/student.pt")
+    report = dfrd_bench.evaluate(model, attacks="clean,pgd20", limit=200)
+
+Every function is a thin layer over what the CLI calls, so a result made here is the same file a
+`dfrd-bench run` makes (docs/api.md).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional, Sequence, Union
+
+from .report.collect import Folders, load_runs
+
+# the settings of `run` that are not --set keys (RunRequest fields)
+_REQUEST_KEYS = ("source", "data_root", "out", "run_name", "resume", "device", "model_dir", "tensorboard")
+
+
+def run(method: str, dataset: str = "cifar10", preset: str = "quick", seed: int = 0, *,
+        log: Optional[Callable[[str], None]] = None, **settings: Any) -> Dict[str, Any]:
+    """Distil and evaluate one student, as `dfrd-bench run`; returns the result (also written to
+    <out>/<run>/result.json). Keyword arguments are RunRequest fields (source, data_root, out, run_name,
+    resume, device, model_dir, tensorboard) or any setting `--set` takes (teacher, student, epochs,
+    gamma, ...), with Python values: `run("ferd", preset="smoke", teacher="random:resnet8", gamma=0.1)`."""
+    from .config import parse_overrides
+    from .runner import RunRequest, run as run_request
+
+    request = {k: settings.pop(k) for k in _REQUEST_KEYS if k in settings}
+    # the same parsing as --set, so 8/255 or "on" mean what they mean on the command line
+    overrides = parse_overrides([f"{k}={_setting_text(v)}" for k, v in settings.items()])
+    req = RunRequest(method=method, dataset=dataset, preset=preset, seed=seed, overrides=overrides, **request)
+    return run_request(req, log=log or print)
+
+
+def _setting_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    return str(value)
+
+
+def load_results(folders: Folders) -> "pandas.DataFrame":  # noqa: F821
+    """Every run result under `folders` as a pandas DataFrame with one row per run x attack x class.
+
+    The runs are the ones the tables use (`report.collect.load_runs`: a re-run of the same seed
+    replaces the older result). Columns: the setup (dataset, teacher, teacher_sha256, preset,
+    defaults_version), the run (method, variant, settings: the method settings changed with --set, as
+    text; student, seed, run_dir), the attack and its run-level metrics (n, avg, worst, worst10, nsd,
+    target_entropy_norm), the class (class_index, class_name, class_n, accuracy in percent) and the
+    run's cost (train_seconds, eval_seconds, threads, device)."""
+    import pandas as pd
+
+    from .data.specs import get_dataset_spec
+
+    rows = []
+    for r in load_runs(folders):
+        setup = r.setup
+        names = get_dataset_spec(setup.dataset).class_names or ()
+        wall = r.result.get("wall_seconds") or {}
+        prov = r.result.get("provenance") or {}
+        settings = ", ".join(f"{k}={v}" for k, v in sorted(r.method_overrides.items()))
+        base = {"dataset": setup.dataset, "teacher": setup.teacher, "teacher_sha256": setup.teacher_sha256,
+                "preset": setup.preset, "defaults_version": setup.defaults_version, "method": r.method,
+                "variant": r.variant, "settings": settings, "student": r.student, "seed": r.seed,
+                "run_dir": r.result.get("run_dir"), "train_seconds": wall.get("train"), "eval_seconds": wall.get("eval"),
+                "threads": prov.get("torch_threads"), "device": prov.get("device")}
+        for attack, entry in r.result["attacks"].items():
+            metrics = {k: entry.get(k) for k in ("n", "avg", "worst", "worst10", "nsd", "target_entropy_norm")}
+            for c, (acc, n) in enumerate(zip(entry.get("per_class") or [], entry.get("per_class_n") or [])):
+                rows.append({**base, "attack": attack, **metrics, "class_index": c,
+                             "class_name": names[c] if c < len(names) else str(c), "class_n": n, "accuracy": acc})
+    return pd.DataFrame(rows)
