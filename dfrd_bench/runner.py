@@ -377,8 +377,9 @@ def _check_world(state: Dict[str, Any], state_path: Path, world: World) -> None:
 
 def _resume(state_path: Path, cfg: Config, identity: Dict[str, Any], ctx: MethodContext, opt: torch.optim.Optimizer,
             method: Method, batch_rng: torch.Generator,
-            log: Callable[[str], None]) -> Tuple[List[Dict[str, Any]], int, float]:
-    """Load the state every rank continues from (each its own RNG streams); (history, epoch, seconds)."""
+            log: Callable[[str], None]) -> Tuple[List[Dict[str, Any]], int, float, Optional[float]]:
+    """Load the state every rank continues from (each its own RNG streams); (history, epoch, wall
+    seconds, CPU seconds: None in a checkpoint written before CPU time was kept)."""
     st = _load_state(state_path)
     _check_same_run(st, state_path, cfg, identity, log)
     world = ctx.world
@@ -391,7 +392,7 @@ def _resume(state_path: Path, cfg: Config, identity: Dict[str, Any], ctx: Method
         _restore_rng(ctx, st["rng_ranks"][world.rank], batch_rng)
     else:
         _restore_rng(ctx, st["rng"])
-    return json.loads(st["history"]), st["epoch"], st["train_seconds"]
+    return json.loads(st["history"]), st["epoch"], st["train_seconds"], st.get("train_cpu_seconds")
 
 
 def _student_stage(method: Method, ctx: MethodContext, opt: torch.optim.Optimizer, cfg: Config,
@@ -414,7 +415,7 @@ def _student_stage(method: Method, ctx: MethodContext, opt: torch.optim.Optimize
 
 def _checkpoint(state_path: Path, ctx: MethodContext, opt: torch.optim.Optimizer, method: Method,
                 batch_rng: torch.Generator, cfg: Config, history: List[Dict[str, Any]], epoch: int,
-                identity: Dict[str, Any], train_seconds: float) -> None:
+                identity: Dict[str, Any], train_seconds: float, train_cpu: Optional[float]) -> None:
     """Write the resume state (rank 0, with every rank's RNG states), after checking that every rank
     holds the same student, optimiser, method state and pool: the file then describes them all."""
     world, pool = ctx.world, ctx.pool
@@ -428,7 +429,7 @@ def _checkpoint(state_path: Path, ctx: MethodContext, opt: torch.optim.Optimizer
         "config": json.dumps(cfg.to_dict(), default=str), "student": ctx.student.net.state_dict(),
         "opt": opt.state_dict(), "method": method_state, "pool": pool.state_dict(),
         "rng": rngs[0], "history": json.dumps(history), "epoch": epoch, "identity": identity,
-        "train_seconds": train_seconds, **extra,
+        "train_seconds": train_seconds, "train_cpu_seconds": train_cpu, **extra,
     }, state_path))
 
 
@@ -467,13 +468,16 @@ def _run_locked(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, d
     opt = torch.optim.SGD(student.parameters(), lr=cfg.student_lr, momentum=cfg.student_momentum,
                           weight_decay=cfg.student_weight_decay)
     history: List[Dict[str, Any]] = []
-    start_epoch, train_seconds = 0, 0.0
+    # wall-clock and process CPU seconds (all threads): CPU time is what a run costs whatever else
+    # runs on the machine, wall time is what its user waits
+    start_epoch, train_seconds, train_cpu = 0, 0.0, 0.0
     identity = {"method": req.method, "seed": req.seed, "teacher_weights_sha256": weights_sha256(teacher),
                 "test_data_sha256": test.source.get("sha256")}
     world.check_same("the teacher, test data, student or method state at the start",
                      {"identity": identity, "student": student.net.state_dict(), "method": method.state_dict()})
     if req.resume and state_path.exists():
-        history, start_epoch, train_seconds = _resume(state_path, cfg, identity, ctx, opt, method, batch_rng, log)
+        history, start_epoch, train_seconds, train_cpu = _resume(state_path, cfg, identity, ctx, opt, method,
+                                                                 batch_rng, log)
         log(f"resumed {run_dir} at epoch {start_epoch}/{cfg.epochs}")
     elif world.on_main(lambda: _remove(run_dir / EVAL_PROGRESS_FILE)):  # the evaluation of an earlier student
         log(f"removed {run_dir / EVAL_PROGRESS_FILE}: it belongs to an earlier student")
@@ -489,7 +493,7 @@ def _run_locked(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, d
                              [str(c) for c in range(spec.num_classes)]) if world.is_main else None
     try:
         for epoch in range(start_epoch, cfg.epochs):
-            t0 = time.time()
+            t0, cpu0 = time.time(), time.process_time()
             ctx.epoch = epoch
             with ctx.accel.autocast():
                 samples = method.generate(ctx)
@@ -506,6 +510,7 @@ def _run_locked(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, d
             record.update({k: _to_float(v) for k, v in method.end_epoch(ctx).items()})
             record["seconds"] = round(time.time() - t0, 2)
             train_seconds += time.time() - t0
+            train_cpu = None if train_cpu is None else train_cpu + time.process_time() - cpu0
             recent.append(record)
             if (epoch + 1) % cfg.log_every_epochs == 0 or epoch + 1 == cfg.epochs:
                 history.append(record)
@@ -515,7 +520,8 @@ def _run_locked(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, d
                     board.record(record)
                     board.samples(samples.x, samples.y, epoch + 1)
             if (epoch + 1) % cfg.checkpoint_every_epochs == 0 or epoch + 1 == cfg.epochs:
-                _checkpoint(state_path, ctx, opt, method, batch_rng, cfg, history, epoch + 1, identity, train_seconds)
+                _checkpoint(state_path, ctx, opt, method, batch_rng, cfg, history, epoch + 1, identity, train_seconds,
+                            train_cpu)
             if after_epoch is not None:
                 after_epoch(epoch + 1)
     finally:
@@ -534,7 +540,7 @@ def _run_locked(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, d
 
     world.on_main(save_outputs)
 
-    t_eval = time.time()
+    t_eval, cpu_eval = time.time(), time.process_time()
     settings = AttackSettings(eps=cfg.eps, seed=req.seed, batch_size=cfg.eval_batch_size,
                               channels_last=cfg.channels_last)
     data = test.subset(cfg.eval_limit, seed=req.seed)
@@ -566,6 +572,9 @@ def _run_locked(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, d
             "overrides": {k: v for k, v in req.overrides.items()},
             "history": history,
             "wall_seconds": {"train": round(train_seconds, 1), "eval": round(time.time() - t_eval, 1)},
+            # this process's CPU time (all its threads); per process in a data-parallel run
+            "cpu_seconds": {"train": None if train_cpu is None else round(train_cpu, 1),
+                            "eval": round(time.process_time() - cpu_eval, 1)},
             "speed": ctx.accel.describe(),
             "run_dir": str(run_dir),
             "provenance": {**provenance(device), "world_size": world.size},

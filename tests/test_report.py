@@ -114,7 +114,12 @@ def test_method_tables_mark_significance_against_the_best_baseline_and_show_cost
     assert rows["CMI"].significance[col] == "ref"                      # best baseline (FERD excluded)
     assert rows["FERD"].significance[col] == "better"                  # 39 against 11.2 on 1,000 images
     assert col not in rows["ZSKT"].significance                        # 9.0 against 11.2 on 1,000: SE of the gap 1.3
-    assert rows["FERD"].cost["train"].mean == pytest.approx(20.0)      # 600 s x 2 threads
+    assert rows["FERD"].cost["train"].mean == pytest.approx(20.0)      # 600 s x 2 threads (no cpu_seconds)
+    cpu = json.loads((results / "ferd0" / "result.json").read_text())
+    cpu["cpu_seconds"] = {"train": 900.0, "eval": 200.0}                # recorded CPU time wins over wall x threads
+    write_result(cpu, results / "ferd0" / "result.json")
+    (again,) = build_tables("1", results, attacks=["pgd20"], ci=True)
+    assert next(r for r in again.blocks[0][1] if r.label == "FERD").cost["train"].mean == pytest.approx((15 + 20) / 2)
     text = render_markdown(table)
     assert "39.00 ± 2.83 ▲" in text and "11.20 †" in text and "| 20 | 4 |" in text
     assert "bootstrap of the difference" in text

@@ -65,14 +65,20 @@ class Run:
         return 2 if "student_augment" in self.config else 1
 
     def cpu_minutes(self, kind: str) -> Optional[float]:
-        """What the run's `kind` ('train' | 'eval') cost: wall-clock minutes x torch threads x processes
-        (GPU runs: x 1 thread per process, so read them as device-minutes); None when not recorded."""
-        wall = (self.result.get("wall_seconds") or {}).get(kind)
+        """What the run's `kind` ('train' | 'eval') cost in CPU-minutes x processes: the process CPU
+        time it recorded (all threads; unaffected by what else ran on the machine), else, for results
+        made before it was recorded, wall-clock minutes x torch threads (GPU runs: one per process,
+        so read them as device-minutes). None when neither is recorded."""
         prov = self.result.get("provenance") or {}
+        processes = int(prov.get("world_size") or 1)
+        cpu = (self.result.get("cpu_seconds") or {}).get(kind)
+        if cpu is not None and prov.get("device", "cpu") == "cpu":
+            return float(cpu) / 60.0 * processes
+        wall = (self.result.get("wall_seconds") or {}).get(kind)
         if wall is None:
             return None
         threads = 1 if prov.get("device", "cpu") != "cpu" else int(prov.get("torch_threads") or 1)
-        return float(wall) / 60.0 * threads * int(prov.get("world_size") or 1)
+        return float(wall) / 60.0 * threads * processes
 
     def metric(self, attack: str, metric: str) -> Optional[float]:
         entry = self.result["attacks"].get(attack)

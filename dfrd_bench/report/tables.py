@@ -374,8 +374,9 @@ def _notes(table: BuiltTable, setup: Setup, runs: List[Run], paper: bool, ci: bo
                          "it at 95%: percentile bootstrap of the difference of seed means, resampling seeds and then "
                          "test images per class on each side independently (4,000 draws; `metrics.bootstrap_difference`).")
     if table.cost:
-        notes.append("CPU-min: training and evaluation cost of one run (wall-clock minutes x torch threads, mean over "
-                     "seeds), so robustness per unit of compute can be read beside robustness.")
+        notes.append("CPU-min: training and evaluation cost of one run (process CPU time over all threads; wall-clock "
+                     "x threads for results that do not record it), mean over seeds, so robustness per unit of compute "
+                     "can be read beside robustness.")
     if paper:
         src = (published or {}).get("source", "the paper")
         notes.append(f"[published; ours − published] from {src}. The paper used a WRN-34-10 teacher, ResNet-18 / "
