@@ -36,7 +36,7 @@ from .config import resolve_config
 from .data import ImageSet
 from .errors import DfrdError
 from .evaluate import evaluate, frozen_eval, parse_attacks
-from .method import MethodContext, get_method
+from .method import MethodContext, check_teacher, get_method
 from .runner import make_context, student_batch, student_step
 from .utils import atomic_write_json, pick_device, seed_everything
 
@@ -171,6 +171,7 @@ def bench(req: BenchRequest, log: Callable[[str], None] = print) -> Dict[str, An
     rng = seed_everything(req.seed)
     ctx = make_context(cfg, req.dataset, device, rng)
     method = method_cls()
+    check_teacher(method, ctx.teacher, cfg)
     method.setup(ctx)
     sync = _sync_for(device)
     log(f"bench {req.method} [{req.preset}] teacher {req.teacher}, student {req.student}, batch {req.batch_size}, "

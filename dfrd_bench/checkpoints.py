@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 import torch
 
 from .errors import DfrdError, first_line
-from .models import Classifier, build_model
+from .models import MODEL_INFO, MODELS, Classifier, build_model
+from .models.layouts import (Fit, Layout, Normalization, default_normalization, family_of, fit_layouts, get_layout,
+                             parse_normalize)
 from .utils import atomic_torch_save
 
 FORMAT = "dfrd-bench-model/1"
@@ -87,26 +89,91 @@ def extract_state_dict(obj: Any) -> Dict[str, torch.Tensor]:
 
 
 def load_model(path: Union[str, Path], arch: Optional[str] = None, num_classes: Optional[int] = None,
-               image_size: Optional[int] = None, mean=None, std=None) -> Classifier:
-    """Load a checkpoint; foreign checkpoints need `arch` (and the dataset's classes/normalisation)."""
+               image_size: Optional[int] = None, mean=None, std=None, layout: Optional[str] = None,
+               normalize: Optional[str] = None, flags: str = "") -> Classifier:
+    """Load a checkpoint; foreign checkpoints need `arch` (and the dataset's classes/normalisation).
+
+    `mean`/`std` are the dataset's. A foreign checkpoint's key layout is detected among those its
+    architecture accepts (models/layouts.py) unless `layout` names one; `normalize` (none | dataset |
+    m1,m2,m3/s1,s2,s3) overrides the checkpoint's or the layout's normalisation. `flags` prefixes the
+    option names that errors mention (`teacher-` for a run's teacher)."""
     raw = read_checkpoint(path)
     ours = isinstance(raw, dict) and raw.get("format") == FORMAT
+    chosen = parse_normalize(normalize, mean, std, flag=f"--{flags}normalize") if normalize is not None else None
     if ours:
+        if layout is not None:
+            raise CheckpointError(f"{path} is a dfrd-bench checkpoint, whose keys need no layout: drop --{flags}layout")
         arch = arch or raw["arch"]
         num_classes = raw["num_classes"]
         image_size = raw["image_size"]
         mean, std = raw["mean"], raw["std"]
     if arch is None:
-        raise CheckpointError(f"{path} is not a dfrd-bench checkpoint: pass --arch to say which architecture it is")
+        raise CheckpointError(f"{path} is not a dfrd-bench checkpoint: pass --{flags}arch to say which architecture "
+                              "it is")
     if num_classes is None:
         raise CheckpointError(f"{path}: the number of classes is unknown; pass --dataset")
-    model = build_model(arch, num_classes, image_size or 32,
-                        mean if mean is not None else (0.0, 0.0, 0.0), std if std is not None else (1.0, 1.0, 1.0))
+    model = build_model(arch, num_classes, image_size or 32)
     state = extract_state_dict(raw)
-    missing, unexpected = model.net.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path} does not fit --arch {arch}: {len(missing)} missing keys (e.g. {missing[:3]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}); check --arch and the class count"
-        )
+    found = _pick_layout(path, arch, state, model.net.state_dict(), layout, explicit_norm=chosen is not None,
+                         num_classes=num_classes, image_size=image_size or 32, flags=flags)
+    model.net.load_state_dict(found.state(state), strict=False)  # only BN step counters may be absent
+    if chosen is None:
+        chosen = (Normalization("checkpoint", tuple(mean), tuple(std), "the checkpoint") if ours
+                  else default_normalization(found.layout, mean, std))
+    _set_normalization(model, chosen)
+    model.origin = {"layout": found.layout.name, "normalize": chosen.record()}
     return model.eval()
+
+
+def _set_normalization(model: Classifier, norm: Normalization) -> None:
+    model.mean.copy_(torch.tensor(norm.mean, dtype=torch.float32).view(1, -1, 1, 1))
+    model.std.copy_(torch.tensor(norm.std, dtype=torch.float32).view(1, -1, 1, 1))
+
+
+def _pick_layout(path, arch: str, state: Dict[str, torch.Tensor], target: Dict[str, torch.Tensor],
+                 layout: Optional[str], explicit_norm: bool, num_classes: int, image_size: int, flags: str) -> Fit:
+    """The one layout under which the checkpoint is exactly the model, or one line that says what to do."""
+    shapes = {k: v.shape for k, v in target.items()}
+    only = get_layout(arch, layout, flag=f"--{flags}layout") if layout is not None else None
+    fits = fit_layouts(arch, state, shapes, only)
+    exact = [f for f in fits if f.exact]
+    if not exact:
+        raise CheckpointError(_no_fit_message(path, arch, state, fits, only, num_classes, image_size, flags))
+    # Layouts with the same keys differ only in the normalisation they default to (ours: the
+    # dataset's; TRADES: none): without --normalize that choice is the user's, not ours.
+    defaults = {f.layout.normalize for f in exact}
+    if len(exact) > 1 and len(defaults) > 1 and not explicit_norm:
+        names = " and ".join(f"{f.layout.name} (normalisation: {f.layout.normalize})" for f in exact)
+        raise CheckpointError(
+            f"{path} fits --{flags}arch {arch} in layouts {names}, which feed the model differently: pass "
+            f"--{flags}layout {exact[-1].layout.name} (its code base) or --{flags}layout {exact[0].layout.name}, "
+            f"or --{flags}normalize"
+        )
+    return exact[0]
+
+
+def _no_fit_message(path, arch: str, state: Dict[str, torch.Tensor], fits: List[Fit], only: Optional[Layout],
+                    num_classes: int, image_size: int, flags: str) -> str:
+    tried = ", ".join(f.layout.name for f in fits)
+    where = f"layout {only.name}" if only is not None else f"any layout it accepts (tried {tried})"
+    elsewhere = _fits_elsewhere(arch, state, num_classes, image_size)
+    if elsewhere is not None:
+        return (f"{path} does not fit --{flags}arch {arch} in {where}, but fits --{flags}arch {elsewhere.arch} "
+                f"in layout {elsewhere.layout.name}: pass --{flags}arch {elsewhere.arch}")
+    best = min(fits, key=lambda f: f.cost)
+    return (f"{path} does not fit --{flags}arch {arch} in {where}; closest: layout {best.layout.name} with "
+            f"{best.describe()}; check --{flags}arch and the class count, or build the model with "
+            f"--{flags}arch py:FILE.py:FACTORY (docs/models.md)")
+
+
+def _fits_elsewhere(arch: str, state: Dict[str, torch.Tensor], num_classes: int, image_size: int) -> Optional[Fit]:
+    """An exact fit with another architecture of the same family (e.g. pytorch-cifar's MobileNetV2)."""
+    for other in family_of(arch):
+        if other == arch or image_size not in MODEL_INFO[other]["image_sizes"]:
+            continue
+        with torch.device("meta"):  # only names and shapes are needed: nothing is allocated
+            target = MODELS.get(other)(num_classes, image_size).state_dict()
+        exact = [f for f in fit_layouts(other, state, {k: v.shape for k, v in target.items()}) if f.exact]
+        if exact:
+            return exact[0]
+    return None

@@ -75,9 +75,10 @@ def main(debug: bool = False) -> None:
 
 # ---------------------------------------------------------------------------------------------- list
 @main.command("list")
-@click.argument("what", type=click.Choice(["datasets", "models", "teachers", "attacks", "methods", "presets"]))
+@click.argument("what", type=click.Choice(["datasets", "models", "layouts", "teachers", "attacks", "methods",
+                                           "presets"]))
 def list_cmd(what: str) -> None:
-    """List the datasets, models, teachers, attacks, methods or presets the suite knows."""
+    """List the datasets, models, checkpoint layouts, teachers, attacks, methods or presets the suite knows."""
     from tabulate import tabulate
 
     if what == "methods":
@@ -108,7 +109,15 @@ def list_cmd(what: str) -> None:
 
         rows = [[n, "yes" if MODEL_INFO[n]["cpu_sized"] else "", MODELS.describe(n)] for n in MODELS.names()]
         rows.append(["timm:<name>", "", "any timm model (no pretrained download)"])
+        rows.append(["py:FILE.py:FACTORY", "", "a network your code builds (docs/models.md)"])
         click.echo(tabulate(rows, headers=["model", "cpu-sized", "description"]))
+    elif what == "layouts":
+        from .models.layouts import LAYOUTS, NATIVE_LAYOUT
+
+        rows = [[lay.name, "all" if lay.archs == ("*",) else ", ".join(lay.archs), lay.normalize, lay.description]
+                for lay in (NATIVE_LAYOUT,) + LAYOUTS]
+        click.echo(tabulate(rows, headers=["layout", "--arch", "normalisation", "keys"],
+                            maxcolwidths=[None, 30, None, 60]))
     elif what == "teachers":
         from .teachers import list_teachers
 
@@ -179,9 +188,20 @@ eval_options = [
 ]
 
 
+model_help = ("robustbench:<name>, a checkpoint path, a TorchScript file, py:FILE.py:FACTORY or py:MODULE:FACTORY, "
+              "or a bundled teacher")
+arch_help = ("architecture of a foreign checkpoint: a name from `list models`, timm:<name>, or py:FILE.py:FACTORY "
+             "that builds it")
+layout_help = "key layout of a foreign checkpoint (`list layouts`; detected when only one fits)"
+normalize_help = ("the normalisation the model expects: none, dataset or m1,m2,m3/s1,s2,s3 (default: the "
+                  "checkpoint's, else the detected layout's)")
+
+
 @main.command("eval")
-@click.option("--model", "model_spec", required=True, help="robustbench:<name>, a checkpoint path, or a bundled teacher")
-@click.option("--arch", default=None, help="architecture of a foreign checkpoint (see `list models`)")
+@click.option("--model", "model_spec", required=True, help=model_help)
+@click.option("--arch", default=None, help=arch_help)
+@click.option("--layout", default=None, help=layout_help)
+@click.option("--normalize", default=None, help=normalize_help)
 @click.option("--model-dir", default=None, envvar="DFRD_MODELS", help="robustbench model folder")
 @with_options(data_options)
 @with_options(eval_options)
@@ -189,14 +209,13 @@ eval_options = [
 @click.option("--resume-file", type=click.Path(dir_okay=False), default=None,
               help="save the progress here after every batch and continue from it when rerun (removed when done)")
 @friendly
-def eval_cmd(model_spec, arch, model_dir, dataset, source, data_root, limit, eps, attacks, aa_limit, pgd_steps,
-             cw_steps, batch_size, seed, device, out, resume_file) -> None:
+def eval_cmd(model_spec, arch, layout, normalize, model_dir, dataset, source, data_root, limit, eps, attacks, aa_limit,
+             pgd_steps, cw_steps, batch_size, seed, device, out, resume_file) -> None:
     """Evaluate a model per class under clean, FGSM, PGD-20, CW-inf and AutoAttack."""
     from .evaluate import parse_attacks
     from .store import write_result
-    from .teachers import describe_spec, load_teacher
-
     from .store import check_writable
+    from .teachers import describe_loaded, describe_spec, load_teacher
 
     attacks = ",".join(parse_attacks(attacks))
     for name, value in (("--limit", limit), ("--aa-limit", aa_limit), ("--pgd-steps", pgd_steps),
@@ -208,10 +227,12 @@ def eval_cmd(model_spec, arch, model_dir, dataset, source, data_root, limit, eps
     for path in (out, resume_file):
         if path:
             check_writable(path)  # before the evaluation, so that a read-only --out loses no work
-    model = load_teacher(model_spec, dataset, arch=arch, model_dir=model_dir)
+    model = load_teacher(model_spec, dataset, arch=arch, model_dir=model_dir, layout=layout, normalize=normalize)
+    if model.origin.get("normalize", {}).get("source", "the checkpoint") != "the checkpoint":
+        click.echo(describe_loaded(model), err=True)  # a choice made for the user: say it before a long evaluation
     try:
-        result = run_evaluation(model, describe_spec(model_spec), dataset, source, data_root, limit, attacks, eps,
-                                seed, device, batch_size, aa_limit, pgd_steps=pgd_steps, cw_steps=cw_steps,
+        result = run_evaluation(model, describe_spec(model_spec, model), dataset, source, data_root, limit, attacks,
+                                eps, seed, device, batch_size, aa_limit, pgd_steps=pgd_steps, cw_steps=cw_steps,
                                 progress_path=resume_file)
     except KeyboardInterrupt:
         if not resume_file:
@@ -232,7 +253,9 @@ def eval_cmd(model_spec, arch, model_dir, dataset, source, data_root, limit, eps
 @click.option("--method", required=True, help="a registered method (see `list methods`)")
 @with_options(data_options)
 @click.option("--teacher", default=None, help="teacher spec (default: the preset's)")
-@click.option("--teacher-arch", default=None, help="architecture of a foreign teacher checkpoint")
+@click.option("--teacher-arch", default=None, help="architecture of a foreign teacher checkpoint (as eval's --arch)")
+@click.option("--teacher-layout", default=None, help="key layout of a foreign teacher checkpoint (as eval's --layout)")
+@click.option("--teacher-normalize", default=None, help="the teacher's input normalisation (as eval's --normalize)")
 @click.option("--student", default=None, help="student architecture (default: the preset's)")
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default="quick", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -246,8 +269,8 @@ def eval_cmd(model_spec, arch, model_dir, dataset, source, data_root, limit, eps
 @click.option("--tensorboard", default=None, metavar="DIR",
               help="also log every epoch record, the weights p_c and the sample grid to TensorBoard under DIR/<run>")
 @friendly
-def run_cmd(method, dataset, source, data_root, teacher, teacher_arch, student, preset, seed, sets, attacks, out, name,
-            resume, device, model_dir, tensorboard) -> None:
+def run_cmd(method, dataset, source, data_root, teacher, teacher_arch, teacher_layout, teacher_normalize, student, preset,
+            seed, sets, attacks, out, name, resume, device, model_dir, tensorboard) -> None:
     """Distil a student with one method, evaluate it per class, and write the result JSON.
 
     `torchrun --nproc_per_node=N -m dfrd_bench.cli run ...` makes it one data-parallel run over N
@@ -257,7 +280,8 @@ def run_cmd(method, dataset, source, data_root, teacher, teacher_arch, student, 
     from .runner import RunRequest, run
 
     overrides = parse_overrides(sets)
-    for key, value in (("teacher", teacher), ("teacher_arch", teacher_arch), ("student", student), ("attacks", attacks)):
+    for key, value in (("teacher", teacher), ("teacher_arch", teacher_arch), ("teacher_layout", teacher_layout),
+                       ("teacher_normalize", teacher_normalize), ("student", student), ("attacks", attacks)):
         if value is not None:
             overrides[key] = value
     req = RunRequest(method=method, dataset=dataset, preset=preset, seed=seed, overrides=overrides, source=source,

@@ -37,7 +37,9 @@ DEFAULTS_VERSION = 2
 # Settings the runner owns (every method has them).
 RUNNER_DEFAULTS: Dict[str, Any] = {
     "teacher": None,           # teacher spec (see dfrd_bench.teachers)
-    "teacher_arch": None,      # architecture of a foreign teacher checkpoint
+    "teacher_arch": None,      # architecture of a foreign teacher checkpoint (a name, timm:<name>, py:FILE.py:FACTORY)
+    "teacher_layout": None,    # its key layout (docs/models.md; None = detected)
+    "teacher_normalize": None,  # none | dataset | m1,m2,m3/s1,s2,s3 (None = the checkpoint's or the layout's)
     "student": "resnet18",
     "epochs": 220,
     "gen_iters": 200,          # generator iterations per epoch (methods that synthesise with a generator)
@@ -216,9 +218,18 @@ def parse_overrides(items: Iterable[str]) -> Dict[str, Any]:
     return out
 
 
+# Settings that are text whatever they look like: paths and specs ('runs/a/teacher.pt') and
+# normalisations ('0.5,0.5,0.5/0.25,0.25,0.25') are not fractions.
+TEXT_SETTINGS = frozenset({"teacher", "teacher_arch", "teacher_layout", "teacher_normalize", "student"})
+
+
 def _coerce(key: str, value: Any, default: Any) -> Any:
     if value is None:   # allowed only where the declared default is None (checked in validate)
         return None
+    if key in TEXT_SETTINGS:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} takes text, got {value!r}")
+        return value
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{key} takes true or false, got {value!r}")

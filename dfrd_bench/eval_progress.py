@@ -52,6 +52,11 @@ def evaluation_identity(model: torch.nn.Module, data: Any, attacks: Sequence[str
         "channels_last": settings.channels_last,  # float rounding differs with the layout
         "device": device.type,                    # so do CPU and GPU kernels
     }
+    norm = getattr(model, "origin", {}).get("normalize")
+    if norm and norm.get("source") != "the checkpoint":
+        # mean/std are not in the weights: a checkpoint fed differently (--normalize, --layout) is
+        # another model. Absent for dfrd-bench checkpoints, so their older progress files still match.
+        identity["model_normalize"] = {"mean": norm["mean"], "std": norm["std"]}
     return json.loads(json.dumps(identity, default=str))  # as it reads back from the file
 
 

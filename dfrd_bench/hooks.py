@@ -80,16 +80,25 @@ class BNStatistics:
         return total
 
 
+def _bn_layers(model: torch.nn.Module) -> List[_BatchNorm]:
+    """The model's BN layers, or one line saying why there are none to hook."""
+    layers = model.bn_layers() if hasattr(model, "bn_layers") else [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    if not layers:
+        name = getattr(model, "arch", type(model).__name__)
+        if getattr(model, "origin", {}).get("format") == "torchscript":
+            raise InputError(f"{name} is a TorchScript model, whose BatchNorm layers cannot be hooked: "
+                             "load its weights into a Python model (docs/models.md)")
+        raise InputError(f"{name} has no BatchNorm layer: a BN-statistics loss needs a teacher with BatchNorm")
+    return layers
+
+
 @contextlib.contextmanager
 def bn_statistics_loss(model: torch.nn.Module, momentum: Optional[float] = None,
                        state: Optional[BNStatistics] = None, instance_means: bool = False) -> Iterator[BNStatistics]:
     """Collect BN-statistics terms of forward passes inside the block; hooks removed on exit.
     instance_means=True also keeps each layer's per-sample means (`stats.instance_means`), what
     `bn_input_means` collects, from the same hook."""
-    layers = model.bn_layers() if hasattr(model, "bn_layers") else [m for m in model.modules() if isinstance(m, _BatchNorm)]
-    if not layers:
-        raise InputError(f"{getattr(model, 'arch', type(model).__name__)} has no BatchNorm layer: "
-                         "a BN-statistics loss needs a teacher with BatchNorm")
+    layers = _bn_layers(model)
     stats = state or BNStatistics(layers, momentum, instance_means)
     handles = [layer.register_forward_hook(stats._hook) for layer in layers]
     try:
@@ -103,7 +112,7 @@ def bn_statistics_loss(model: torch.nn.Module, momentum: Optional[float] = None,
 def bn_input_means(model: torch.nn.Module) -> Iterator[List[torch.Tensor]]:
     """Collect, per forward pass inside the block, each BN layer's input averaged over space:
     a list of (N, C_l) tensors (CMI's instance features). Hooks removed on exit."""
-    layers = model.bn_layers() if hasattr(model, "bn_layers") else [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    layers = _bn_layers(model)
     collected: List[torch.Tensor] = []
 
     def hook(module, inputs, output):

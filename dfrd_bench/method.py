@@ -30,6 +30,7 @@ import torch
 from .acceleration import Accelerator
 from .config import Config
 from .distributed import World
+from .errors import InputError
 from .models import Classifier
 from .pool import SamplePool
 from .registry import Registry
@@ -145,6 +146,12 @@ class Method:
     # (the ctx hooks above); the runner refuses torchrun with several processes otherwise.
     data_parallel: ClassVar[bool] = False
 
+    def teacher_needs(self, cfg: Config) -> Tuple[str, ...]:
+        """What the method reads inside the teacher besides its logits, checked before anything runs:
+        'batchnorm' (BN-statistics hooks), 'layer' (features at layer l, forward_from), 'stages'
+        (every stage's output). A TorchScript or opaque `py:` teacher exposes none of them."""
+        return ()
+
     def setup(self, ctx: MethodContext) -> None:
         pass
 
@@ -168,6 +175,36 @@ class Method:
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         pass
+
+
+NEEDS = {"batchnorm": "BatchNorm layers", "layer": "intermediate layer (layer l)", "stages": "stage outputs"}
+
+
+PYTHON_MODEL = ("load its weights into a Python model (--teacher-arch NAME, or --teacher-arch py:FILE.py:FACTORY "
+                "returning a StagedNet; docs/models.md) or pick another method")
+
+
+def _missing(teacher: Classifier, need: str) -> Optional[Tuple[str, str]]:
+    """(why `teacher` cannot give what `need` asks, what to do), or None."""
+    if need == "batchnorm":
+        if getattr(teacher, "origin", {}).get("format") == "torchscript":
+            return "is a TorchScript model, whose layers cannot be hooked", PYTHON_MODEL
+        if not teacher.bn_layers():
+            return "has no BatchNorm layer", "pick a teacher with BatchNorm or another method"
+        return None
+    if need in ("layer", "stages"):
+        return None if teacher.feature_layer is not None else ("exposes none (it is not a StagedNet)", PYTHON_MODEL)
+    raise ValueError(f"unknown teacher need {need!r}; use one of {', '.join(NEEDS)}")
+
+
+def check_teacher(method: "Method", teacher: Classifier, cfg: Config) -> None:
+    """Fail in one line, before any work, when the teacher lacks what the method reads inside it."""
+    for need in method.teacher_needs(cfg):
+        missing = _missing(teacher, need)
+        if missing is not None:
+            why, fix = missing
+            raise InputError(f"{method.name} needs the teacher's {NEEDS[need]}, and teacher {teacher.arch} {why}: "
+                             f"{fix}")
 
 
 METHODS: Registry[type] = Registry("method")

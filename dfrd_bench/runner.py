@@ -41,7 +41,7 @@ from .distributed import EvalShard, World, session
 from .epoch_log import epoch_line, open_tensorboard, require_tensorboard
 from .errors import DfrdError, DivergenceError, first_line
 from .evaluate import evaluate, non_finite_parameters, parse_attacks
-from .method import Batch, Method, MethodContext, Samples, get_method
+from .method import Batch, Method, MethodContext, Samples, check_teacher, get_method
 from .models import build_model, count_parameters
 from .pool import SamplePool
 from .provenance import provenance
@@ -126,8 +126,9 @@ def make_context(cfg: Config, dataset: str, device: torch.device, rng: torch.Gen
     method sees its rank's share of the batch sizes."""
     world = world or World()
     spec = get_dataset_spec(dataset)
-    teacher = world.main_first(lambda: load_teacher(cfg.teacher, dataset, arch=cfg.teacher_arch,
-                                                    model_dir=model_dir)).to(device)
+    teacher = world.main_first(lambda: load_teacher(cfg.teacher, dataset, arch=cfg.teacher_arch, model_dir=model_dir,
+                                                    layout=cfg.teacher_layout, normalize=cfg.teacher_normalize,
+                                                    flags="teacher-")).to(device)
     teacher.eval().requires_grad_(False)
     student = build_model(cfg.student, spec.num_classes, spec.image_size, spec.mean, spec.std).to(device)
     if cfg.channels_last:  # channels-last conv weights: 1.4-1.8x faster on CPU (docs/running.md)
@@ -463,6 +464,7 @@ def _run_locked(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, d
     teacher, student, pool = ctx.teacher, ctx.student, ctx.pool
     test = world.main_first(lambda: load_split(req.dataset, "test", req.source, req.data_root))
     method = method_cls()
+    check_teacher(method, ctx.teacher, cfg)
     method.setup(ctx)
     batch_rng = _rank_streams(ctx, req.seed)
     opt = torch.optim.SGD(student.parameters(), lr=cfg.student_lr, momentum=cfg.student_momentum,
@@ -558,7 +560,7 @@ def _run_locked(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, d
             "preset": req.preset,
             "dataset": req.dataset,
             "seed": req.seed,
-            "teacher": {**describe_spec(cfg.teacher), "arch": teacher.arch},
+            "teacher": {**describe_spec(cfg.teacher, teacher), "arch": teacher.arch},
             "student": {"arch": cfg.student, "params": count_parameters(student)},
             "model": {"spec": str(student_path), "arch": cfg.student, "num_classes": spec.num_classes,
                       "checkpoint_sha256": sha256_file(student_path)},

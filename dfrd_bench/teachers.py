@@ -1,9 +1,13 @@
-"""Teachers by spec:
+"""Teachers (and models to evaluate) by spec:
 
 - `robustbench:<name>`: a RobustBench model-zoo entry (Linf), loaded through the robustbench
   package; a checkpoint already in the model folder (<models>/<dataset>/Linf/<name>.pt) is used
   without downloading. The paper's CIFAR-10/100 teacher is `robustbench:Chen2024Data_WRN_34_10`.
-- a checkpoint path, with `--arch NAME` unless it is a dfrd-bench checkpoint;
+- a checkpoint path, with `--arch NAME` unless it is a dfrd-bench checkpoint; its key layout is
+  detected (or `--layout`), its normalisation is the checkpoint's or the layout's (or `--normalize`);
+  `--arch py:FILE.py:FACTORY` builds the network with the user's code and loads the checkpoint into it;
+- `py:FILE.py:FACTORY` alone: the network as the factory returns it (its own weights);
+- a TorchScript file (torch.jit.save): evaluated as it is (docs/models.md);
 - a bundled teacher: a name registered by a card `teachers/<name>.json` (architecture, dataset,
   file, sha256, recipe, the exact command that trained it, and its measured numbers).
 """
@@ -14,13 +18,12 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import torch
-import torch.nn.functional as F
-
 from .errors import DfrdError
 from .checkpoints import CheckpointError, load_model, sha256_file
 from .data import get_dataset_spec
-from .models import Classifier, StagedNet
+from .external import PY_PREFIX, is_torchscript, load_py_model, load_torchscript, wrap_external
+from .models import Classifier
+from .models.layouts import Normalization, parse_normalize
 from .utils import cache_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -52,47 +55,6 @@ def bundled_teachers() -> Dict[str, Dict[str, Any]]:
     return cards
 
 
-class _WideResNetStages(StagedNet):
-    """Stages for robustbench's WideResNet (conv1, block1-3, bn1+relu, pool, fc)."""
-
-    stage_names = ("conv1", "block1", "block2", "block3", "head")
-    feature_layer = "block3"
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def run_stage(self, name: str, h: torch.Tensor) -> torch.Tensor:
-        m = self.model
-        if name == "head":
-            h = m.relu(m.bn1(h))
-            return m.fc(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1))
-        return getattr(m, name)(h)
-
-
-class _Opaque(StagedNet):
-    """Any other external model: one stage, so it can be evaluated but exposes no inner layer."""
-
-    stage_names = ("body", "head")
-    feature_layer = None
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def run_stage(self, name: str, h: torch.Tensor) -> torch.Tensor:
-        return self.model(h) if name == "body" else h
-
-
-def wrap_external(model: torch.nn.Module, num_classes: int, arch: str) -> Classifier:
-    """Wrap a model that already normalises inside (robustbench does) as a Classifier."""
-    if all(hasattr(model, a) for a in ("conv1", "block1", "block2", "block3", "bn1", "relu", "fc")):
-        net: StagedNet = _WideResNetStages(model)
-    else:
-        net = _Opaque(model)
-    return Classifier(net, num_classes, arch=arch)
-
-
 def load_robustbench(name: str, dataset: str, model_dir: Optional[str] = None) -> Classifier:
     from ._compat import import_robustbench
 
@@ -121,49 +83,101 @@ def load_robustbench(name: str, dataset: str, model_dir: Optional[str] = None) -
     return wrap_external(model, get_dataset_spec(dataset).num_classes, f"robustbench:{name}").eval()
 
 
-def load_teacher(spec: str, dataset: str, arch: Optional[str] = None, model_dir: Optional[str] = None) -> Classifier:
-    """Resolve a teacher (or any model) spec for `dataset`; see the module docstring."""
+def load_teacher(spec: str, dataset: str, arch: Optional[str] = None, model_dir: Optional[str] = None,
+                 layout: Optional[str] = None, normalize: Optional[str] = None, flags: str = "") -> Classifier:
+    """Resolve a teacher (or any model) spec for `dataset`; see the module docstring. `flags` prefixes
+    the option names errors mention (`teacher-` in a run)."""
     ds = get_dataset_spec(dataset)
+    path = Path(spec).expanduser()
+    external = spec.startswith(PY_PREFIX) or (arch or "").startswith(PY_PREFIX) or is_torchscript(path)
+    if layout is not None and (external or spec.startswith(("robustbench:", "random:"))):
+        raise TeacherError(f"--{flags}layout applies to checkpoints of registered architectures, not to {spec}: "
+                           "drop it")
     if spec.startswith("random:"):
         # An untrained model, for plumbing tests only (never a real teacher); seeded by the global RNG.
         from .models import build_model
 
+        if normalize is not None:
+            raise TeacherError(f"{spec} is fed the dataset's normalisation: drop --{flags}normalize")
         model = build_model(spec.split(":", 1)[1], ds.num_classes, ds.image_size, ds.mean, ds.std)
     elif spec.startswith("robustbench:"):
+        if normalize is not None:
+            raise TeacherError(f"robustbench models normalise inside: drop --{flags}normalize for {spec}")
         model = load_robustbench(spec.split(":", 1)[1], dataset, model_dir)
+    elif external:
+        model = _load_external(spec, path, arch, ds, normalize, flags)
     elif spec in bundled_teachers():
         card = bundled_teachers()[spec]
         if card["dataset"] != dataset:
             raise TeacherError(f"bundled teacher {spec} is for {card['dataset']}, not {dataset}")
-        path = Path(card["_card"]).parent / card["file"]
-        if sha256_file(path) != card["sha256"]:
-            raise TeacherError(f"{path} does not match its sha256 in {card['_card']}: re-checkout the file")
-        model = load_model(path)
-    elif Path(spec).expanduser().exists():
+        file = Path(card["_card"]).parent / card["file"]
+        if sha256_file(file) != card["sha256"]:
+            raise TeacherError(f"{file} does not match its sha256 in {card['_card']}: re-checkout the file")
+        model = load_model(file, mean=ds.mean, std=ds.std, normalize=normalize, flags=flags)
+    elif path.exists():
         try:
-            model = load_model(Path(spec).expanduser(), arch=arch, num_classes=ds.num_classes,
-                               image_size=ds.image_size, mean=ds.mean, std=ds.std)
+            model = load_model(path, arch=arch, num_classes=ds.num_classes, image_size=ds.image_size,
+                               mean=ds.mean, std=ds.std, layout=layout, normalize=normalize, flags=flags)
         except CheckpointError as exc:
             raise TeacherError(str(exc)) from None
     else:
         known = ", ".join(sorted(bundled_teachers())) or "none"
         raise TeacherError(
-            f"no teacher {spec!r}: give robustbench:<name>, a checkpoint path (with --arch), or a bundled teacher ({known})"
+            f"no teacher {spec!r}: give robustbench:<name>, a checkpoint path (with --{flags}arch), a TorchScript "
+            f"file, py:FILE.py:FACTORY, or a bundled teacher ({known})"
         )
     if model.num_classes != ds.num_classes:
         raise TeacherError(f"{spec} has {model.num_classes} classes but {dataset} has {ds.num_classes}")
     return model.eval()
 
 
-def describe_spec(spec: str) -> Dict[str, Any]:
-    """What goes into a result's `model` block for a spec (with the checkpoint's sha256 when a file)."""
+def _load_external(spec: str, path: Path, arch: Optional[str], ds: Any, normalize: Optional[str],
+                   flags: str) -> Classifier:
+    """A py: factory (alone, or as --arch of a checkpoint) or a TorchScript file. They get [0, 1]
+    images as they are unless --normalize says otherwise: their code, not ours, decides."""
+    norm = (parse_normalize(normalize, ds.mean, ds.std, flag=f"--{flags}normalize") if normalize is not None
+            else Normalization("none", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "default for external models"))
+    if spec.startswith(PY_PREFIX):
+        if arch is not None:
+            raise TeacherError(f"{spec} names its own architecture: drop --{flags}arch")
+        return load_py_model(spec, ds.num_classes, ds.image_size, norm)
+    if is_torchscript(path):
+        if arch is not None:
+            raise TeacherError(f"{spec} is a TorchScript file, which carries its architecture: drop --{flags}arch")
+        return load_torchscript(path, ds.num_classes, ds.image_size, norm)
+    if not path.is_file():
+        raise TeacherError(f"--{flags}arch {arch} needs a checkpoint file; {spec} is not one")
+    return load_py_model(arch, ds.num_classes, ds.image_size, norm, weights=path)
+
+
+def describe_spec(spec: str, model: Optional[Classifier] = None) -> Dict[str, Any]:
+    """What goes into a result's `model` block for a spec (with the checkpoint's sha256 when a file),
+    and, given the loaded model, how it was read (layout, normalisation, factory, format)."""
     out: Dict[str, Any] = {"spec": spec}
     cards = bundled_teachers()
     if spec in cards:
         out["checkpoint_sha256"] = cards[spec]["sha256"]
     elif Path(spec).expanduser().is_file():
         out["checkpoint_sha256"] = sha256_file(Path(spec).expanduser())
+    if model is not None:
+        out.update(getattr(model, "origin", {}))
     return out
+
+
+def describe_loaded(model: Classifier) -> str:
+    """One line on how a model was read, printed before it is used (what the result also records)."""
+    origin = getattr(model, "origin", {})
+    parts = [f"model {model.arch}"]
+    if "layout" in origin:
+        parts.append(f"key layout {origin['layout']}")
+    if origin.get("format") == "torchscript":
+        parts.append("TorchScript")
+    norm = origin.get("normalize")
+    if norm:
+        what = {"none": "inputs not normalised", "dataset": "the dataset's mean/std"}.get(
+            norm["spec"], f"mean {norm['mean']} std {norm['std']}")
+        parts.append(f"{what} ({norm['source']})")
+    return ", ".join(parts)
 
 
 def list_teachers() -> List[Dict[str, Any]]:

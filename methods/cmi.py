@@ -180,6 +180,10 @@ class CMI(RobustKDMethod):
     }
 
     # ------------------------------------------------------------------------------------------
+    def teacher_needs(self, cfg: Any) -> Tuple[str, ...]:
+        # BN-statistics loss; CMI's features are BN inputs or stage outputs
+        return ("batchnorm", "stages") if cfg.cmi_features == "stages" else ("batchnorm",)
+
     def setup(self, ctx: MethodContext) -> None:
         cfg = ctx.cfg
         if cfg.cmi_features not in FEATURE_SOURCES:

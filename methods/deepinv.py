@@ -194,6 +194,10 @@ class DeepInversion(RobustKDMethod):
                 "paper/tinyimagenet": {"jitter": 4}},
     }
 
+    def teacher_needs(self, cfg: Any) -> Tuple[str, ...]:
+        # DeepInversion's BN-statistics loss
+        return ("batchnorm",)
+
     def setup(self, ctx: MethodContext) -> None:
         cfg = ctx.cfg
         if cfg.select not in ("best", "last"):

@@ -142,6 +142,10 @@ class Fast(RobustKDMethod):
     }
 
     # ------------------------------------------------------------------------------------------
+    def teacher_needs(self, cfg: Any) -> Tuple[str, ...]:
+        # the momentum BN-statistics loss
+        return ("batchnorm",)
+
     def setup(self, ctx: MethodContext) -> None:
         cfg = ctx.cfg
         if cfg.meta not in META_UPDATES:

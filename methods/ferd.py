@@ -225,6 +225,10 @@ class FERD(Method):
     }
 
     # ------------------------------------------------------------------------------------------
+    def teacher_needs(self, cfg: Any) -> Tuple[str, ...]:
+        # BN-statistics loss on the teacher; the bottleneck and UTAEs split it at layer l
+        return ("batchnorm", "layer")
+
     def setup(self, ctx: MethodContext) -> None:
         cfg = ctx.cfg
         if cfg.reweight_strategy not in REWEIGHT_STRATEGIES:

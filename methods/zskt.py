@@ -129,6 +129,10 @@ class ZSKT(RobustKDMethod):
     }
 
     # ------------------------------------------------------------------------------------------
+    def teacher_needs(self, cfg: Any) -> Tuple[str, ...]:
+        # attention transfer pairs teacher and student stage outputs
+        return ("stages",)
+
     def setup(self, ctx: MethodContext) -> None:
         cfg = ctx.cfg
         if ctx.student is ctx.teacher:

@@ -8,7 +8,7 @@ convolutional block) and `forward_from(h, layer)` (the rest of the network, f_{l
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -48,6 +48,9 @@ class Classifier(nn.Module):
         self.net = net
         self.arch = arch
         self.num_classes = int(num_classes)
+        # How a loaded model was read (key layout, normalisation and its source, factory, format):
+        # copied into the result's model block so that a number is never ambiguous.
+        self.origin: Dict[str, Any] = {}
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 

@@ -1,5 +1,6 @@
 """WideResNet-depth-k (Zagoruyko & Komodakis). Attribute names follow the TRADES/robustbench code
-(`conv1`, `block1.layer.0.bn1`, ..., `bn1`, `fc`), so their WRN-34-10 checkpoints load directly."""
+(`conv1`, `block1.layer.0.bn1`, ..., `bn1`, `fc`), so their WRN-34-10 checkpoints load directly
+(layout `trades` in models/layouts.py drops TRADES' unused `sub_block1`)."""
 from __future__ import annotations
 
 import torch

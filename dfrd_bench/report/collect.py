@@ -15,8 +15,8 @@ from ..store import iter_results
 
 # --set keys that change how a run is evaluated or logged, not what the method does.
 NON_METHOD_KEYS = frozenset({
-    "student", "teacher", "teacher_arch", "attacks", "eval_limit", "aa_limit", "eval_batch_size",
-    "channels_last", "compile", "precision", "checkpoint_every_epochs", "log_every_epochs",
+    "student", "teacher", "teacher_arch", "teacher_layout", "teacher_normalize", "attacks", "eval_limit", "aa_limit",
+    "eval_batch_size", "channels_last", "compile", "precision", "checkpoint_every_epochs", "log_every_epochs",
 })
 HIGHER_IS_BETTER = {"avg": True, "worst": True, "worst10": True, "nsd": False}
 
@@ -53,7 +53,7 @@ class Run:
     @property
     def setup(self) -> "Setup":
         t = self.result.get("teacher", {})
-        return Setup(self.result["dataset"], t.get("spec", "?"), t.get("checkpoint_sha256"),
+        return Setup(self.result["dataset"], teacher_label(t), t.get("checkpoint_sha256"),
                      self.result.get("preset") or "custom", self.defaults_version)
 
     @property
@@ -95,6 +95,15 @@ class Setup:
     teacher_sha256: Optional[str]
     preset: str
     defaults_version: int = 1   # dfrd_bench.config.DEFAULTS_VERSION of the code that made the runs
+
+
+def teacher_label(teacher: Dict[str, Any]) -> str:
+    """The teacher's spec, plus its normalisation where it is one that could not be chosen before
+    `--teacher-normalize` existed (the checkpoint's own, or the dataset's for foreign checkpoints):
+    the same file fed differently is another teacher, and its runs another setup."""
+    label = teacher.get("spec", "?")
+    norm = (teacher.get("normalize") or {}).get("spec")
+    return f"{label} (normalize {norm})" if norm not in (None, "checkpoint", "dataset") else label
 
 
 @dataclass
