@@ -32,6 +32,7 @@ from .config import Config
 from .distributed import World
 from .models import Classifier
 from .pool import SamplePool
+from .modes import frozen, in_eval_mode, model_mode  # noqa: F401  (re-exported for method plugins)
 from .registry import Registry
 
 ENTRY_POINT_GROUP = "dfrd_bench.methods"

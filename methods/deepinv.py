@@ -29,9 +29,8 @@ import torch.nn.functional as F
 
 from dfrd_bench.config import ConfigError
 from dfrd_bench.data import get_dataset_spec
-from dfrd_bench.evaluate import frozen_eval
 from dfrd_bench.hooks import BNStatistics, bn_statistics_loss
-from dfrd_bench.method import LowestLossBatch, MethodContext, Samples, register_method
+from dfrd_bench.method import LowestLossBatch, MethodContext, Samples, frozen, register_method
 from dfrd_bench.robust_kd import RSLAD_DEFAULTS, RobustKDMethod
 
 
@@ -241,7 +240,7 @@ class DeepInversion(RobustKDMethod):
         student_hooks = compete_on and weights["student_bn_weight"] != 0
         with contextlib.ExitStack() as stack:
             if compete_on:
-                stack.enter_context(frozen_eval(student))
+                stack.enter_context(frozen(student))
             bn = stack.enter_context(bn_statistics_loss(teacher))
             s_bn = stack.enter_context(bn_statistics_loss(student)) if student_hooks else None
             for _ in range(cfg.gen_iters):

@@ -22,7 +22,7 @@ from torch import nn
 
 from dfrd_bench.config import ConfigError
 from dfrd_bench.losses import attention_transfer, kl_div, rslad_student_loss
-from dfrd_bench.method import Batch, MethodContext, Samples, register_method
+from dfrd_bench.method import Batch, MethodContext, Samples, frozen, register_method
 from dfrd_bench.runner import cosine_lr  # the runner's schedule: CosineAnnealingLR(T_max = pseudo-batches)
 from dfrd_bench.robust_kd import RSLAD_DEFAULTS, RobustKDMethod, student_adversarial
 
@@ -156,10 +156,8 @@ class ZSKT(RobustKDMethod):
         self.generator.train()
         # The student stays in train mode (batch statistics), as in the authors' code; its
         # parameters are frozen so that only the input gradient is computed.
-        flags = [p.requires_grad for p in student.parameters()]
-        student.requires_grad_(False)
         mismatch = torch.zeros((), device=ctx.device)
-        try:
+        with frozen(student, eval_mode=False):
             for _ in range(cfg.gen_iters):
                 x = self.generator(z)
                 loss = generator_loss(teacher(x), student(x), cfg.kd_temperature)
@@ -170,9 +168,6 @@ class ZSKT(RobustKDMethod):
                     torch.nn.utils.clip_grad_norm_(self.generator.parameters(), cfg.gen_grad_clip)
                 self.gen_opt.step()
                 mismatch = mismatch + (-loss.detach())
-        finally:
-            for p, f in zip(student.parameters(), flags):
-                p.requires_grad_(f)
         with torch.no_grad():  # the student trains on the updated generator's images of the same z
             x = self.generator(z)
         ctx.average_buffers(self.generator)
