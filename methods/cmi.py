@@ -28,7 +28,7 @@ from dfrd_bench.config import ConfigError
 from dfrd_bench.generators import Generator
 from dfrd_bench.hooks import bn_input_means, bn_statistics_loss
 from dfrd_bench.losses import decision_adversarial_loss
-from dfrd_bench.method import LowestLossBatch, MethodContext, Samples, frozen, register_method
+from dfrd_bench.method import LowestLossBatch, MethodContext, MethodInfo, Samples, frozen, register_method
 from dfrd_bench.robust_kd import RSLAD_DEFAULTS, RobustKDMethod
 
 FEATURE_SOURCES = ("bn", "stages")
@@ -157,7 +157,8 @@ def reinit_generator_(generator: nn.Module, scheme: str) -> None:
 @register_method("cmi")
 class CMI(RobustKDMethod):
     summary = "CMI: contrastive model inversion (re-initialised generator + memory bank) with an RSLAD student"
-    paper = "Fang et al., Contrastive Model Inversion for Data-Free Knowledge Distillation, IJCAI 2021"
+    info = MethodInfo(label="CMI", family="generator", rslad_stage=True, order=20, color="tab:purple",
+                      paper="Fang et al., Contrastive Model Inversion for Data-Free Knowledge Distillation, IJCAI 2021")
     defaults: Dict[str, Any] = {
         **RSLAD_DEFAULTS,
         "kd_temperature": 20.0,       # the plain-KD student (rslad=false) at CMI's temperature

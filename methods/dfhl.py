@@ -28,7 +28,8 @@ from dfrd_bench.augment import random_crop_flip, random_resized_crop, random_rot
 from dfrd_bench.config import ConfigError
 from dfrd_bench.generators import Generator
 from dfrd_bench.losses import entropy, kl_div
-from dfrd_bench.method import Batch, LowestLossBatch, Method, MethodContext, Samples, frozen, in_eval_mode, register_method
+from dfrd_bench.method import (Batch, LowestLossBatch, Method, MethodContext, MethodInfo, Samples, frozen,
+                               in_eval_mode, register_method)
 from dfrd_bench.pool import SamplePool
 
 
@@ -123,7 +124,9 @@ _CIFAR100 = {"gen_lr": 5e-3, "lr_z": 0.015, "label_smoothing": 0.02}
 @register_method("dfhl")
 class DFHL(Method):
     summary = "DFHL: hard-label robustness stealing with a student-driven generator and High-Entropy Examples"
-    paper = "Yuan et al., Data-Free Hard-Label Robustness Stealing Attack, AAAI 2024 (arXiv 2312.05924)"
+    info = MethodInfo(label="DFHL", family="hard-label", order=50, color="tab:olive",
+                      paper="Yuan et al., Data-Free Hard-Label Robustness Stealing Attack, AAAI 2024 "
+                            "(arXiv 2312.05924)")
     defaults: Dict[str, Any] = {
         # generator (never reset; Adam on the generator and on z, both restarted each epoch as in the authors' code)
         "gen_lr": 2e-3, "lr_z": 1e-2, "gen_beta1": 0.5, "gen_beta2": 0.999, "latent_dim": 256, "gen_width": 64,

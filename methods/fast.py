@@ -29,7 +29,7 @@ from dfrd_bench.config import ConfigError
 from dfrd_bench.generators import Generator
 from dfrd_bench.hooks import BNStatistics, bn_statistics_loss
 from dfrd_bench.losses import decision_adversarial_loss
-from dfrd_bench.method import LowestLossBatch, MethodContext, Samples, frozen, register_method
+from dfrd_bench.method import LowestLossBatch, MethodContext, MethodInfo, Samples, frozen, register_method
 from dfrd_bench.robust_kd import RSLAD_DEFAULTS, RobustKDMethod
 
 META_UPDATES = ("maml", "reptile")
@@ -107,7 +107,8 @@ class MomentumBNLoss:
 @register_method("fast")
 class Fast(RobustKDMethod):
     summary = "Fast: meta-learned generator (MAML / Reptile), few steps per round, with an RSLAD student"
-    paper = "Fang et al., Up to 100x Faster Data-free Knowledge Distillation, AAAI 2022"
+    info = MethodInfo(label="Fast", family="generator", rslad_stage=True, order=40, color="tab:pink",
+                      paper="Fang et al., Up to 100x Faster Data-free Knowledge Distillation, AAAI 2022")
     defaults: Dict[str, Any] = {
         **RSLAD_DEFAULTS,
         "kd_temperature": 20.0,       # the plain-KD student (rslad=false) at Fast's temperature

@@ -29,7 +29,8 @@ from dfrd_bench.config import ConfigError, Range, count
 from dfrd_bench.generators import Generator
 from dfrd_bench.hooks import bn_statistics_loss
 from dfrd_bench.losses import kl_div, kl_uniform, soft_cross_entropy
-from dfrd_bench.method import Batch, LowestLossBatch, Method, MethodContext, Samples, frozen, in_eval_mode, register_method
+from dfrd_bench.method import (Batch, LowestLossBatch, Method, MethodContext, MethodInfo, Samples, frozen,
+                               in_eval_mode, register_method)
 from dfrd_bench.metrics import entropy_bits
 from dfrd_bench.robust_kd import student_adversarial
 
@@ -160,7 +161,11 @@ def ferd_student_loss(t_clean: torch.Tensor, s_clean: torch.Tensor, s_adv: torch
 @register_method("ferd")
 class FERD(Method):
     summary = "FERD: robustness-guided reweighting + Fairness-Aware Examples + Uniform-Target AEs"
-    paper = "Fairness-Enhanced Data-Free Robustness Distillation, arXiv 2509.20793"
+    info = MethodInfo(label="FERD", family="generator", proposed=True, order=60, color="tab:red",
+                      # the reading the paper's numbers came from (docs/methods/ferd.md): a run of the printed
+                      # Eq. 10 (variant paper-literal) never fills FERD's row of Tables 1, 2 and 5
+                      row_settings={"utae_on": "student", "student_augment": True},
+                      paper="Fairness-Enhanced Data-Free Robustness Distillation, arXiv 2509.20793")
     defaults: Dict[str, Any] = {
         # generator (Sec. 5.1; latent size, lr_z and augmentation from the authors' code)
         "gen_lr": 2e-3, "gen_beta1": 0.5, "gen_beta2": 0.999, "lr_z": 0.01, "latent_dim": 256, "gen_width": 64,

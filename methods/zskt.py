@@ -22,7 +22,7 @@ from torch import nn
 
 from dfrd_bench.config import ConfigError
 from dfrd_bench.losses import attention_transfer, kl_div, rslad_student_loss
-from dfrd_bench.method import Batch, MethodContext, Samples, frozen, register_method
+from dfrd_bench.method import Batch, MethodContext, MethodInfo, Samples, frozen, register_method
 from dfrd_bench.runner import cosine_lr  # the runner's schedule: CosineAnnealingLR(T_max = pseudo-batches)
 from dfrd_bench.robust_kd import RSLAD_DEFAULTS, RobustKDMethod, student_adversarial
 
@@ -88,7 +88,8 @@ _PSEUDO_BATCH = {"gen_iters": 1, "student_iters": 10, "pool_sampling": "latest"}
 @register_method("zskt")
 class ZSKT(RobustKDMethod):
     summary = "ZSKT: adversarial belief matching generator + KL/RSLAD and attention transfer (Micaelli & Storkey 2019)"
-    paper = "Zero-shot Knowledge Transfer via Adversarial Belief Matching, NeurIPS 2019"
+    info = MethodInfo(label="ZSKT", family="generator", rslad_stage=True, order=10, color="tab:green",
+                      paper="Zero-shot Knowledge Transfer via Adversarial Belief Matching, NeurIPS 2019")
     defaults: Dict[str, Any] = {
         **RSLAD_DEFAULTS,
         # generator (paper Sec. 3-4 and authors' code): z dim 100, Adam 1e-3, cosine over all pseudo-batches
