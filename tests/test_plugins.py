@@ -71,6 +71,19 @@ def test_pyproject_declares_every_builtin_as_an_entry_point():
         assert getattr(sys.modules[module], attr) is METHODS.get(name), f"{name} = {value!r} is not the registered class"
 
 
+def test_installed_builtin_entry_points_register_the_builtins(tmp_path):
+    """As after `pip install -e .`: the group holds the built-ins' entry points (from pyproject.toml)."""
+    tomllib = pytest.importorskip("tomllib")
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"]["dfrd_bench.methods"]
+    dist = tmp_path / "site" / "dfrd_bench-0.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: dfrd-bench\nVersion: 0.0\n")
+    (dist / "entry_points.txt").write_text("[dfrd_bench.methods]\n" + "".join(f"{k} = {v}\n" for k, v in declared.items()))
+    res = _python(tmp_path, ["-c", "from dfrd_bench.method import load_plugins, table_order; "
+                                   "print(table_order(load_plugins()))"], tmp_path / "site")
+    assert res.returncode == 0 and res.stdout.strip() == str(BUILTINS) and not res.stderr, res.stderr
+
+
 def test_method_info_is_checked_when_the_class_registers():
     with pytest.raises(PluginError, match=r"^method 'toy-gan': unknown family 'gan' .*: use one of generator, "):
         @register_method("toy-gan")
