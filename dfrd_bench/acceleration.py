@@ -71,7 +71,7 @@ class Accelerator:
 
     def attack_model(self, model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
         """The callable attack steps run: the model itself, or its compiled forward (cached per model).
-        The model must be frozen and in eval mode while it is attacked (`evaluate.frozen_eval`)."""
+        The model must be frozen and in eval mode while it is attacked (`dfrd_bench.modes.frozen`)."""
         if not self.compile_attacks:
             return model
         key = id(model)

@@ -35,8 +35,9 @@ from .attacks import AttackSettings, kl_objective
 from .config import resolve_config
 from .data import ImageSet
 from .errors import DfrdError
-from .evaluate import evaluate, frozen_eval, parse_attacks
+from .evaluate import evaluate, parse_attacks
 from .method import MethodContext, check_teacher, get_method
+from .modes import frozen, model_mode
 from .runner import make_context, student_batch, student_step
 from .utils import atomic_write_json, pick_device, seed_everything
 
@@ -126,16 +127,15 @@ def measure_passes(ctx: MethodContext, x: torch.Tensor, repeats: int, warmup: in
 
     sync = _sync_for(x.device)
     out: Dict[str, float] = {}
-    with frozen_eval(student):
+    with frozen(student):
         out["teacher_forward"] = _median_time(lambda: forward(teacher), repeats, warmup, sync)
         out["teacher_input_grad"] = _median_time(lambda: input_grad(accel.attack_model(teacher)), repeats, warmup, sync)
         if feats is not None:
             out["teacher_head_grad"] = _median_time(head_grad, repeats, warmup, sync)
         out["student_forward"] = _median_time(lambda: forward(student), repeats, warmup, sync)
         out["student_input_grad"] = _median_time(lambda: input_grad(accel.attack_model(student)), repeats, warmup, sync)
-    was_training = student.training
-    out["student_train"] = _median_time(train_step, repeats, warmup, sync)
-    student.train(was_training)
+    with model_mode(student, train=True):
+        out["student_train"] = _median_time(train_step, repeats, warmup, sync)
     return out
 
 

@@ -6,7 +6,7 @@ import functools
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import click
 
@@ -66,38 +66,90 @@ def with_options(options):
     return decorator
 
 
+def _load_plugin_modules(ctx: click.Context, param: click.Parameter, modules: Tuple[str, ...]) -> Tuple[str, ...]:
+    """--plugin: import each module (its methods register themselves) before the command runs."""
+    from .errors import DfrdError
+    from .method import load_plugin_module
+
+    for module in modules:
+        try:
+            load_plugin_module(module)
+        except DfrdError as exc:
+            raise click.BadParameter(str(exc).removeprefix(f"--plugin {module}: "), ctx, param) from None
+    return modules
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dfrd-bench")
 @click.option("--debug", is_flag=True, help="show the full traceback of every error (also DFRD_DEBUG=1)")
-def main(debug: bool = False) -> None:
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE", envvar="DFRD_PLUGINS",
+              callback=_load_plugin_modules, expose_value=True,
+              help="import this module's method plugins for this command (repeatable; $DFRD_PLUGINS: "
+                   "space-separated modules); installed plugins need no option")
+def main(debug: bool = False, plugins: Tuple[str, ...] = ()) -> None:
     """dfrd-bench: data-free robustness distillation, evaluated per class."""
 
 
 # ---------------------------------------------------------------------------------------------- list
+def _settings_text(vals: Dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in vals.items())
+
+
+def _methods_table(names) -> str:
+    """Each method in table order with what tables and figures read from its MethodInfo."""
+    from tabulate import tabulate
+
+    from .method import METHODS
+
+    rows = []
+    for n in names:
+        cls = METHODS.get(n)
+        role = "proposed" if cls.info.proposed else "baseline"
+        rows.append([n, cls.info.label, cls.info.family, "yes" if cls.info.rslad_stage else "", role, cls.summary,
+                     ", ".join(["paper"] + sorted(cls.variants))])
+    return tabulate(rows, headers=["method", "label", "family", "RSLAD stage", "role", "summary", "variants"])
+
+
+def _presets_table(names, with_runner: bool) -> str:
+    """The runner's preset layers and each method's own preset and variant layers (--set variant=NAME)."""
+    from tabulate import tabulate
+
+    from .config import PRESET_PARENTS, RUNNER_PRESETS
+    from .method import METHODS
+
+    rows = []
+    if with_runner:
+        rows += [[p + (f" (on {PRESET_PARENTS[p]})" if p in PRESET_PARENTS else ""), "runner", ds,
+                  ", ".join(f"{k}={v}" for k, v in vals.items())]
+                 for p, per in RUNNER_PRESETS.items() for ds, vals in per.items() if vals]
+    rows += [[p, n, ds, _settings_text(vals)]
+             for n in names for p, per in METHODS.get(n).presets.items() for ds, vals in per.items() if vals]
+    text = tabulate(rows, headers=["preset", "layer", "dataset", "settings (on top of the defaults)"])
+    variants = []
+    for n in names:
+        for v, layers in METHODS.get(n).variants.items():
+            per = layers if "*" in layers else {"*": layers}  # flat, or per-preset layers (config._variant_layers)
+            variants += [[f"{n} variant={v}", where, _settings_text(vals) or "(none)"] for where, vals in per.items()]
+    if variants:
+        text += "\n\n" + tabulate(variants, headers=["variant", "preset/dataset", "settings (on top of the preset)"])
+    return text
+
+
 @main.command("list")
 @click.argument("what", type=click.Choice(["datasets", "models", "layouts", "teachers", "attacks", "methods",
                                            "presets"]))
-def list_cmd(what: str) -> None:
+@click.option("--method", "only", default=None, help="methods, presets: this method only")
+@friendly
+def list_cmd(what: str, only: Optional[str]) -> None:
     """List the datasets, models, checkpoint layouts, teachers, attacks, methods or presets the suite knows."""
     from tabulate import tabulate
 
-    if what == "methods":
-        from .method import METHODS, load_plugins
+    if what in ("methods", "presets"):
+        from .method import METHODS, load_plugins, table_order
 
-        load_plugins()
-        rows = [[n, METHODS.get(n).summary, ", ".join(["paper"] + sorted(METHODS.get(n).variants))] for n in METHODS.names()]
-        click.echo(tabulate(rows, headers=["method", "summary", "variants"]))
-    elif what == "presets":
-        from .config import PRESET_PARENTS, RUNNER_PRESETS
-        from .method import METHODS, load_plugins
-
-        load_plugins()
-        rows = [[p + (f" (on {PRESET_PARENTS[p]})" if p in PRESET_PARENTS else ""), "runner", ds,
-                 ", ".join(f"{k}={v}" for k, v in vals.items())]
-                for p, per in RUNNER_PRESETS.items() for ds, vals in per.items() if vals]
-        rows += [[p, n, ds, ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in vals.items())]
-                 for n in METHODS.names() for p, per in METHODS.get(n).presets.items() for ds, vals in per.items() if vals]
-        click.echo(tabulate(rows, headers=["preset", "layer", "dataset", "settings (on top of the defaults)"]))
+        known = load_plugins()
+        names = table_order(known) if only is None else [METHODS.get(only).name]
+        click.echo(_methods_table(names) if what == "methods" else _presets_table(names, only is None))
     elif what == "datasets":
         from .data import DATASETS
 

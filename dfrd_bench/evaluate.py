@@ -32,6 +32,7 @@ from .attacks import ATTACK_ORDER, ATTACKS, BATCH_DRAWS, AttackSettings
 from .data import ImageSet
 from .eval_progress import AttackCursor, EvalProgress, evaluation_identity
 from .metrics import summarize
+from .modes import frozen
 from .utils import pick_device, progress
 
 if TYPE_CHECKING:
@@ -57,20 +58,8 @@ def parse_attacks(text: str | Sequence[str]) -> List[str]:
     return [n for n in ATTACK_ORDER if n in names] + [n for n in names if n not in ATTACK_ORDER]
 
 
-@contextlib.contextmanager
-def frozen_eval(model: torch.nn.Module):
-    """Eval mode and no parameter gradients for the duration; both restored afterwards."""
-    was_training = model.training
-    flags = [p.requires_grad for p in model.parameters()]
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    try:
-        yield model
-    finally:
-        for p, f in zip(model.parameters(), flags):
-            p.requires_grad_(f)
-        model.train(was_training)
+# The model-mode switch lives in dfrd_bench.modes; `frozen_eval` is its old name here.
+frozen_eval = frozen
 
 
 @contextlib.contextmanager
@@ -166,7 +155,7 @@ def evaluate(
         log(f"resuming evaluation: {tracker.describe()}")
     results: Dict[str, Any] = {}
     x_all, y_all = data.tensors()
-    with frozen_eval(model), channels_last(model, enabled=settings.channels_last):
+    with frozen(model), channels_last(model, enabled=settings.channels_last):
         for name in names:
             entry = tracker.finished(name)
             if entry is None:

@@ -17,21 +17,34 @@ Data-parallel runs (`torchrun`, docs/adding-a-method.md): a method that sets `da
 synthesises its share of the batch (ctx.cfg holds the per-process batch sizes) and keeps whatever it
 shares across samples the same on every process with `ctx.average_gradients`, `ctx.average_buffers`,
 `ctx.sync_module`, `ctx.gather` and `ctx.average`; with one process they do nothing.
+
+What tables, figures and `list methods` say about a method (its label, paper, family, whether it
+uses the RSLAD student stage, whether it is the proposed method) is its `info = MethodInfo(...)`,
+checked by `register_method`. Methods are found through the entry-point group `dfrd_bench.methods`
+(the built-ins in the top-level `methods/` package are declared there too, with a fallback import
+of that package, checked to be this project's), and `--plugin module` loads one module for one
+command.
 """
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import importlib.util
 import logging
+import sys
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Callable, ClassVar, Dict, Iterable, List, Optional, Tuple
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
 
 from .acceleration import Accelerator
 from .config import Config
 from .distributed import World
-from .errors import InputError
+from .errors import DfrdError, InputError
 from .models import Classifier
+from .modes import frozen, in_eval_mode, model_mode  # noqa: F401  (re-exported for method plugins)
 from .pool import SamplePool
 from .registry import Registry
 
@@ -127,12 +140,42 @@ class MethodContext:
         return torch.multinomial(probs.detach().cpu().double(), n, replacement=True, generator=self.rng).to(self.device)
 
 
+FAMILIES: Dict[str, str] = {
+    "generator": "a generator network synthesises the samples",
+    "inversion": "the pixels themselves are optimised against the teacher",
+    "hard-label": "the teacher answers with its top-1 label only",
+    "other": "none of these (what a plugin that does not say gets)",
+}
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """What tables, figures and `list methods` say about a method, declared on its class as `info`.
+
+    Nothing here changes how a method runs; `register_method` checks it."""
+
+    label: str = ""                # its name in tables and figure legends ("" = the registered name)
+    paper: str = ""                # the paper it comes from ("" = the class's `paper`)
+    family: str = "other"          # a key of FAMILIES
+    # made robust with the shared RSLAD student stage (dfrd_bench.robust_kd; needs the `rslad`
+    # setting): Table 8 gets its rslad=false / rslad=true rows
+    rslad_stage: bool = False
+    # the method the paper proposes: listed last, and never "the best baseline" a cell is tested against
+    proposed: bool = False
+    order: int = 100               # position among the baselines in tables and figures (lower first, then name)
+    color: Optional[str] = None    # its matplotlib colour in figures (None: the next of the colour cycle)
+    # settings a run must have to fill the method's row of the method tables (1, 2, 5), e.g. FERD's reading
+    row_settings: Mapping[str, Any] = field(default_factory=dict)
+    url: str = ""                  # where the paper or the reference code is
+
+
 class Method:
     """Base class of method plugins; see the module docstring and docs/adding-a-method.md."""
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     paper: ClassVar[str] = ""
+    info: ClassVar[MethodInfo] = MethodInfo()  # label, family, ... for tables and figures (MethodInfo)
     defaults: ClassVar[Dict[str, Any]] = {}
     # Runner settings whose default differs for this method, e.g. {"student_augment": True} where
     # the method's reference augments its student batches. Presets and --set still override them.
@@ -210,45 +253,151 @@ def check_teacher(method: "Method", teacher: Classifier, cfg: Config) -> None:
 METHODS: Registry[type] = Registry("method")
 
 
+class PluginError(DfrdError, ValueError):
+    """A method plugin that cannot be loaded or registered as declared (the message says what to change)."""
+
+
 def register_method(name: str) -> Callable[[type], type]:
-    """Class decorator: `@register_method("ferd")`; a second class with the same name is an error."""
+    """Class decorator: `@register_method("ferd")`; a second class with the same name is an error.
+    The class's `info` (MethodInfo) is checked here, so a bad declaration fails at import."""
 
     def decorator(cls: type) -> type:
         if not (isinstance(cls, type) and issubclass(cls, Method)):
             raise TypeError(f"{cls!r} must subclass dfrd_bench.method.Method")
+        info = checked_info(name, cls)
         cls.name = name
         METHODS.add(name, cls, help=cls.summary)
+        cls.info, cls.paper = info, info.paper
         return cls
 
     return decorator
 
 
+def checked_info(name: str, cls: type) -> MethodInfo:
+    """The class's own `info` (one inherited from a registered method describes that one, not this),
+    with the label and paper filled in, or one line saying what is wrong with it."""
+    info = cls.__dict__.get("info")
+    if info is None:  # a plugin that declares nothing: its name as label, RSLAD rows if it has the switch
+        return MethodInfo(label=name, paper=cls.paper, rslad_stage="rslad" in cls.defaults)
+    if not isinstance(info, MethodInfo):
+        raise PluginError(f"method {name!r}: `info` must be a dfrd_bench.method.MethodInfo, got {type(info).__name__}")
+    if info.family not in FAMILIES:
+        raise PluginError(f"method {name!r}: unknown family {info.family!r} in its MethodInfo: use one of "
+                          f"{', '.join(FAMILIES)}")
+    if info.rslad_stage and "rslad" not in cls.defaults:
+        raise PluginError(f"method {name!r} declares rslad_stage=True but has no `rslad` setting: build it on "
+                          f"dfrd_bench.robust_kd.RobustKDMethod (or set rslad_stage=False)")
+    return dataclasses.replace(info, label=info.label or name, paper=info.paper or cls.paper)
+
+
+def method_info(name: str) -> MethodInfo:
+    """A registered method's metadata; a method not installed here (a result made elsewhere) gets
+    its name as label and the defaults."""
+    load_plugins()
+    return METHODS.get(name).info if name in METHODS else MethodInfo(label=name)
+
+
+def table_order(names: Iterable[str]) -> List[str]:
+    """`names` in the order tables and figures list methods: the baselines by their `order` (then
+    name), the proposed method(s) last, as in the paper."""
+    def key(name: str) -> Tuple[bool, int, str]:
+        info = method_info(name)
+        return info.proposed, info.order, name
+
+    return sorted(dict.fromkeys(names), key=key)
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading: the built-ins and third-party plugins alike come through the entry-point group
+# `dfrd_bench.methods` (pyproject.toml declares the built-ins'); `--plugin module` adds one module
+# for one command.
+BUILTIN_PACKAGE = "methods"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the folder that holds dfrd_bench/ and methods/
 _PLUGINS_LOADED = False
+_PLUGIN_MODULES: List[str] = []  # loaded with --plugin in this process (sweep passes them on to the runs it prints)
+
+
+def check_builtin_package() -> None:
+    """The `methods` package Python would import must be this project's (next to dfrd_bench);
+    another installed package of that name would otherwise replace the built-ins without a word."""
+    expected = PROJECT_ROOT / BUILTIN_PACKAGE
+    module = sys.modules.get(BUILTIN_PACKAGE)
+    if module is not None:
+        where = getattr(module, "__file__", None) or next(iter(getattr(module, "__path__", [])), None)
+    else:
+        spec = importlib.util.find_spec(BUILTIN_PACKAGE)
+        where = spec and (spec.origin if spec.has_location else next(iter(spec.submodule_search_locations or []), None))
+    if where is None:
+        raise PluginError(f"dfrd-bench's built-in methods are missing (expected the package {expected}): "
+                          f"reinstall dfrd-bench (pip install -e . in its repository)")
+    found = Path(where).resolve()
+    if expected.resolve() not in (found, found.parent):
+        raise PluginError(f"another installed package named 'methods' (at {found}) shadows dfrd-bench's built-in "
+                          f"methods ({expected}): uninstall or rename it, or run where it is not importable")
 
 
 def load_plugins(refresh: bool = False) -> List[str]:
-    """Import the built-in methods and every entry point in the group `dfrd_bench.methods`.
+    """Register every method: each entry point in the group `dfrd_bench.methods` (the built-ins'
+    are declared in pyproject.toml), then this project's `methods` package when its entry points
+    are not installed (a source checkout, an install older than them). Returns the names.
 
     An entry point may name a module (whose classes register themselves with @register_method)
-    or a Method subclass, which is then registered under the entry point's name.
+    or a Method subclass, which is then registered under the entry point's name. A broken
+    third-party plugin is reported and skipped; a shadowed or broken built-in is an error.
     """
     global _PLUGINS_LOADED
     if _PLUGINS_LOADED and not refresh:
         return METHODS.names()
-    _PLUGINS_LOADED = True
-    import methods  # noqa: F401  (the built-in plugins register on import)
-
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in METHODS:
-            continue
-        try:
-            obj = ep.load()
-        except Exception as exc:  # a broken third-party plugin must not break the suite
-            log.warning("could not load method plugin %s (%s): %s", ep.name, ep.value, exc)
-            continue
-        if isinstance(obj, type) and issubclass(obj, Method) and ep.name not in METHODS:
-            register_method(ep.name)(obj)
+    _PLUGINS_LOADED = True  # first: a plugin that asks for a method while it is imported finds no loop
+    try:
+        check_builtin_package()
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            _load_entry_point(ep)
+        importlib.import_module(BUILTIN_PACKAGE)  # a no-op once an entry point imported it
+    except BaseException:
+        _PLUGINS_LOADED = False  # the next call fails the same way instead of listing half the methods
+        raise
     return METHODS.names()
+
+
+def _load_entry_point(ep: metadata.EntryPoint) -> None:
+    builtin = ep.value.split(":")[0].split(".")[0] == BUILTIN_PACKAGE
+    if ep.name in METHODS:
+        if not builtin and METHODS.get(ep.name).__module__ != ep.value.split(":")[0]:
+            log.warning("method plugin %s (%s) skipped: the name is taken by %s", ep.name, ep.value,
+                        METHODS.get(ep.name).__module__)
+        return
+    try:
+        obj = ep.load()
+    except Exception as exc:  # a broken third-party plugin must not break the suite
+        if builtin:
+            raise
+        log.warning("could not load method plugin %s (%s): %s", ep.name, ep.value, exc)
+        return
+    if isinstance(obj, type) and issubclass(obj, Method) and ep.name not in METHODS:
+        register_method(ep.name)(obj)
+
+
+def load_plugin_module(module: str) -> List[str]:
+    """Import `module` for this process (`--plugin`): its classes register themselves with
+    @register_method. Returns the method names it added."""
+    load_plugins()
+    before = set(METHODS.names())
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module == exc.name or module.startswith(exc.name + ".")):
+            raise PluginError(f"--plugin {module}: no module named {exc.name!r}: put the folder that holds it on "
+                              f"PYTHONPATH, or pip install its package") from None
+        raise
+    if module not in _PLUGIN_MODULES:
+        _PLUGIN_MODULES.append(module)
+    return sorted(set(METHODS.names()) - before)
+
+
+def plugin_modules() -> List[str]:
+    """The modules loaded with --plugin in this process, in order."""
+    return list(_PLUGIN_MODULES)
 
 
 def get_method(name: str) -> type:

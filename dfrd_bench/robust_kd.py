@@ -15,9 +15,9 @@ import torch.nn.functional as F
 
 from .attacks import kl_objective, sign_ascent
 from .config import Range, count
-from .evaluate import frozen_eval
 from .losses import kl_div, rslad_student_loss
 from .method import Batch, Method, MethodContext
+from .modes import frozen
 
 RSLAD_RANGES = {"rslad_steps": count(1), "rslad_step": Range(0.0, 1.0, low_open=True),
                 "rslad_w_adv": Range(0.0), "rslad_w_clean": Range(0.0), "kd_temperature": Range(0.0, low_open=True)}
@@ -40,7 +40,7 @@ def student_adversarial(ctx: MethodContext, x: torch.Tensor, teacher_probs: torc
     when the run's `compile` setting is on (dfrd_bench/acceleration.py).
     """
     start = (x + 0.001 * ctx.randn(*x.shape)).clamp(0, 1)
-    with frozen_eval(ctx.student) as student:
+    with frozen(ctx.student) as student:
         attacked = ctx.accel.attack_model(student)
         return sign_ascent(kl_objective(attacked, teacher_probs, uniform_weight), x, ctx.cfg.eps, step, steps,
                            start=start)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .config import ConfigError, parse_overrides, resolve_config
-from .method import get_method
+from .method import get_method, plugin_modules
 from .runner import RESULT_FILE, STATE_FILE, RunFolderBusy, RunRequest, run, run_name_for
 
 SWEEP_KEYS = ("preset", "datasets", "methods", "students", "seeds", "grid", "cases", "set", "out", "source",
@@ -175,7 +175,8 @@ def _write_error_log(run_dir: Path, exc: BaseException) -> Path:
 def command_line(p: PlannedRun, program: str = "dfrd-bench") -> str:
     """The `dfrd-bench run` command of one grid point (resumable, so safe to re-run)."""
     req = p.request
-    args = [*shlex.split(program), "run", "--method", req.method, "--dataset", req.dataset, "--preset", req.preset,
+    plugins = [arg for module in plugin_modules() for arg in ("--plugin", module)]  # a method loaded with --plugin
+    args = [*shlex.split(program), *plugins, "run", "--method", req.method, "--dataset", req.dataset, "--preset", req.preset,
             "--seed", str(req.seed), "--out", req.out, "--resume"]
     sets = dict(p.sets)
     for flag in ("student", "teacher"):

@@ -28,7 +28,7 @@ from dfrd_bench.config import ConfigError
 from dfrd_bench.generators import Generator
 from dfrd_bench.hooks import bn_input_means, bn_statistics_loss
 from dfrd_bench.losses import decision_adversarial_loss
-from dfrd_bench.method import LowestLossBatch, MethodContext, Samples, register_method
+from dfrd_bench.method import LowestLossBatch, MethodContext, MethodInfo, Samples, frozen, register_method
 from dfrd_bench.robust_kd import RSLAD_DEFAULTS, RobustKDMethod
 
 FEATURE_SOURCES = ("bn", "stages")
@@ -157,7 +157,8 @@ def reinit_generator_(generator: nn.Module, scheme: str) -> None:
 @register_method("cmi")
 class CMI(RobustKDMethod):
     summary = "CMI: contrastive model inversion (re-initialised generator + memory bank) with an RSLAD student"
-    paper = "Fang et al., Contrastive Model Inversion for Data-Free Knowledge Distillation, IJCAI 2021"
+    info = MethodInfo(label="CMI", family="generator", rslad_stage=True, order=20, color="tab:purple",
+                      paper="Fang et al., Contrastive Model Inversion for Data-Free Knowledge Distillation, IJCAI 2021")
     defaults: Dict[str, Any] = {
         **RSLAD_DEFAULTS,
         "kd_temperature": 20.0,       # the plain-KD student (rslad=false) at CMI's temperature
@@ -231,14 +232,12 @@ class CMI(RobustKDMethod):
         opt = torch.optim.Adam([{"params": self.generator.parameters()}, {"params": [z]}], lr=cfg.gen_lr,
                                betas=(cfg.gen_beta1, cfg.gen_beta2))
         use_cr, use_adv = cfg.lambda_cr > 0, cfg.lambda_adv > 0
-        was_training = student.training
-        student.eval().requires_grad_(False)
         best = LowestLossBatch(ctx.device)
         best_x: Optional[torch.Tensor] = None
         best_feat: Optional[torch.Tensor] = None
         sums: Dict[str, torch.Tensor] = {}
         zero = torch.zeros((), device=ctx.device)
-        try:
+        with frozen(student):  # the student is read, not trained: eval mode, no weight gradients
             for _ in range(cfg.gen_iters):
                 x = self.generator(z)
                 global_view = random_crop_flip(x, generator=ctx.rng)
@@ -280,8 +279,6 @@ class CMI(RobustKDMethod):
                         best_feat = feat if best_feat is None else torch.where(best.improved, feat, best_feat)
                 for k, v in {"total": total, **terms}.items():
                     sums[k] = sums.get(k, 0) + v.detach()
-        finally:
-            student.requires_grad_(True).train(was_training)
         if best_feat is not None:
             self.bank.add(ctx.gather(best_feat))  # every process's rows, in the order of the pool
         logs: Dict[str, Any] = {k: v / max(1, cfg.gen_iters) for k, v in sums.items()}

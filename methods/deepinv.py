@@ -29,9 +29,8 @@ import torch.nn.functional as F
 
 from dfrd_bench.config import ConfigError
 from dfrd_bench.data import get_dataset_spec
-from dfrd_bench.evaluate import frozen_eval
 from dfrd_bench.hooks import BNStatistics, bn_statistics_loss
-from dfrd_bench.method import LowestLossBatch, MethodContext, Samples, register_method
+from dfrd_bench.method import LowestLossBatch, MethodContext, MethodInfo, Samples, frozen, register_method
 from dfrd_bench.robust_kd import RSLAD_DEFAULTS, RobustKDMethod
 
 
@@ -155,7 +154,8 @@ _NVLABS = {"di_beta1": 0.9, "di_beta2": 0.999, "r_feature": 10.0, "tv_l2": 2.5e-
 @register_method("deepinv")
 class DeepInversion(RobustKDMethod):
     summary = "DeepInversion as FERD ran it (Fast-Datafree: pixels on CE + BN statistics + student competition), RSLAD student"
-    paper = "Dreaming to Distill: Data-free Knowledge Transfer via DeepInversion, CVPR 2020"
+    info = MethodInfo(label="DeepInv", family="inversion", rslad_stage=True, order=30, color="tab:brown",
+                      paper="Dreaming to Distill: Data-free Knowledge Transfer via DeepInversion, CVPR 2020")
     defaults: Dict[str, Any] = {
         **RSLAD_DEFAULTS,
         # Fast-Datafree's DeepInvSyntheiszer as the FERD code bundles it: Adam lr 0.1, betas (0.5, 0.99)
@@ -245,7 +245,7 @@ class DeepInversion(RobustKDMethod):
         student_hooks = compete_on and weights["student_bn_weight"] != 0
         with contextlib.ExitStack() as stack:
             if compete_on:
-                stack.enter_context(frozen_eval(student))
+                stack.enter_context(frozen(student))
             bn = stack.enter_context(bn_statistics_loss(teacher))
             s_bn = stack.enter_context(bn_statistics_loss(student)) if student_hooks else None
             for _ in range(cfg.gen_iters):

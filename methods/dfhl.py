@@ -28,7 +28,8 @@ from dfrd_bench.augment import random_crop_flip, random_resized_crop, random_rot
 from dfrd_bench.config import ConfigError
 from dfrd_bench.generators import Generator
 from dfrd_bench.losses import entropy, kl_div
-from dfrd_bench.method import Batch, LowestLossBatch, Method, MethodContext, Samples, register_method
+from dfrd_bench.method import (Batch, LowestLossBatch, Method, MethodContext, MethodInfo, Samples, frozen,
+                               in_eval_mode, register_method)
 from dfrd_bench.pool import SamplePool
 
 
@@ -108,13 +109,9 @@ def high_entropy_examples(model: torch.nn.Module, x: torch.Tensor, steps: int, s
     """`steps` sign steps of `step` maximising the model's prediction entropy, with no eps ball:
     the examples are only kept in [0,1]. Crafted with the model in eval mode; its parameters get no
     gradient."""
-    was_training = model.training
-    model.eval()
-    try:
+    with in_eval_mode(model):
         return sign_ascent(lambda xa: entropy(model(xa)), x, eps=float("inf"), step=step, steps=steps,
                            start=start, rand_init=False, bounded=False)
-    finally:
-        model.train(was_training)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -127,7 +124,9 @@ _CIFAR100 = {"gen_lr": 5e-3, "lr_z": 0.015, "label_smoothing": 0.02}
 @register_method("dfhl")
 class DFHL(Method):
     summary = "DFHL: hard-label robustness stealing with a student-driven generator and High-Entropy Examples"
-    paper = "Yuan et al., Data-Free Hard-Label Robustness Stealing Attack, AAAI 2024 (arXiv 2312.05924)"
+    info = MethodInfo(label="DFHL", family="hard-label", order=50, color="tab:olive",
+                      paper="Yuan et al., Data-Free Hard-Label Robustness Stealing Attack, AAAI 2024 "
+                            "(arXiv 2312.05924)")
     defaults: Dict[str, Any] = {
         # generator (never reset; Adam on the generator and on z, both restarted each epoch as in the authors' code)
         "gen_lr": 2e-3, "lr_z": 1e-2, "gen_beta1": 0.5, "gen_beta2": 0.999, "latent_dim": 256, "gen_width": 64,
@@ -180,13 +179,11 @@ class DFHL(Method):
         z = ctx.randn(n, cfg.latent_dim).requires_grad_(True)
         opt = torch.optim.Adam([{"params": self.generator.parameters()}, {"params": [z], "lr": cfg.lr_z}],
                                lr=cfg.gen_lr, betas=(cfg.gen_beta1, cfg.gen_beta2))
-        was_training = student.training
-        student.eval().requires_grad_(False)
         self.generator.train()
         best = LowestLossBatch(ctx.device)
         best_x: Optional[torch.Tensor] = None
         sums: Dict[str, torch.Tensor] = {}
-        try:
+        with frozen(student):  # the student is read, not trained: eval mode, no weight gradients
             for _ in range(cfg.gen_iters):
                 x = self.generator(z)
                 view = random_crop_flip(x, generator=ctx.rng) if cfg.augment else x
@@ -199,8 +196,6 @@ class DFHL(Method):
                 opt.step()
                 for k, v in {"total": total, "kl": kl, "balance": balance}.items():
                     sums[k] = sums.get(k, 0) + v.detach()
-        finally:
-            student.requires_grad_(True).train(was_training)
         if best_x is None:  # gen_iters = 0: the generator as it stands
             with torch.no_grad():
                 best_x = self.generator(z)

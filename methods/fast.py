@@ -29,7 +29,7 @@ from dfrd_bench.config import ConfigError
 from dfrd_bench.generators import Generator
 from dfrd_bench.hooks import BNStatistics, bn_statistics_loss
 from dfrd_bench.losses import decision_adversarial_loss
-from dfrd_bench.method import LowestLossBatch, MethodContext, Samples, register_method
+from dfrd_bench.method import LowestLossBatch, MethodContext, MethodInfo, Samples, frozen, register_method
 from dfrd_bench.robust_kd import RSLAD_DEFAULTS, RobustKDMethod
 
 META_UPDATES = ("maml", "reptile")
@@ -107,7 +107,8 @@ class MomentumBNLoss:
 @register_method("fast")
 class Fast(RobustKDMethod):
     summary = "Fast: meta-learned generator (MAML / Reptile), few steps per round, with an RSLAD student"
-    paper = "Fang et al., Up to 100x Faster Data-free Knowledge Distillation, AAAI 2022"
+    info = MethodInfo(label="Fast", family="generator", rslad_stage=True, order=40, color="tab:pink",
+                      paper="Fang et al., Up to 100x Faster Data-free Knowledge Distillation, AAAI 2022")
     defaults: Dict[str, Any] = {
         **RSLAD_DEFAULTS,
         "kd_temperature": 20.0,       # the plain-KD student (rslad=false) at Fast's temperature
@@ -195,13 +196,11 @@ class Fast(RobustKDMethod):
                                betas=(cfg.gen_beta1, cfg.gen_beta2))
         adv_on = cfg.lambda_adv > 0 and ctx.epoch >= cfg.warmup_epochs
         maml = cfg.meta == "maml"
-        was_training = student.training
-        student.eval().requires_grad_(False)
         best = LowestLossBatch(ctx.device)
         best_x: Optional[torch.Tensor] = None
         sums: Dict[str, torch.Tensor] = {}
         zero = torch.zeros((), device=ctx.device)
-        try:
+        with frozen(student):  # the student is read, not trained: eval mode, no weight gradients
             for it in range(cfg.gen_iters):
                 x = clone(z)
                 view = random_crop_flip(x, generator=ctx.rng) if cfg.augment else x
@@ -221,8 +220,6 @@ class Fast(RobustKDMethod):
                     best_x = best.update(total, x)
                 for k, v in {"total": total, **terms}.items():
                     sums[k] = sums.get(k, 0) + v.detach()
-        finally:
-            student.requires_grad_(True).train(was_training)
         logs: Dict[str, Any] = {k: v / cfg.gen_iters for k, v in sums.items()}
         return clone, best_x, y, logs
 

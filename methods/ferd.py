@@ -29,7 +29,8 @@ from dfrd_bench.config import ConfigError, Range, count
 from dfrd_bench.generators import Generator
 from dfrd_bench.hooks import bn_statistics_loss
 from dfrd_bench.losses import kl_div, kl_uniform, soft_cross_entropy
-from dfrd_bench.method import Batch, LowestLossBatch, Method, MethodContext, Samples, register_method
+from dfrd_bench.method import (Batch, LowestLossBatch, Method, MethodContext, MethodInfo, Samples, frozen,
+                               in_eval_mode, register_method)
 from dfrd_bench.metrics import entropy_bits
 from dfrd_bench.robust_kd import student_adversarial
 
@@ -160,7 +161,11 @@ def ferd_student_loss(t_clean: torch.Tensor, s_clean: torch.Tensor, s_adv: torch
 @register_method("ferd")
 class FERD(Method):
     summary = "FERD: robustness-guided reweighting + Fairness-Aware Examples + Uniform-Target AEs"
-    paper = "Fairness-Enhanced Data-Free Robustness Distillation, arXiv 2509.20793"
+    info = MethodInfo(label="FERD", family="generator", proposed=True, order=60, color="tab:red",
+                      # the reading the paper's numbers came from (docs/methods/ferd.md): a run of the printed
+                      # Eq. 10 (variant paper-literal) never fills FERD's row of Tables 1, 2 and 5
+                      row_settings={"utae_on": "student", "student_augment": True},
+                      paper="Fairness-Enhanced Data-Free Robustness Distillation, arXiv 2509.20793")
     defaults: Dict[str, Any] = {
         # generator (Sec. 5.1; latent size, lr_z and augmentation from the authors' code)
         "gen_lr": 2e-3, "gen_beta1": 0.5, "gen_beta2": 0.999, "lr_z": 0.01, "latent_dim": 256, "gen_width": 64,
@@ -267,13 +272,11 @@ class FERD(Method):
         z_opt = torch.optim.Adam([z], lr=cfg.lr_z, betas=(cfg.gen_beta1, cfg.gen_beta2))
         noise_scale = torch.zeros(self._feature_channels(ctx), device=ctx.device, requires_grad=True)
         ib_opt = torch.optim.Adam([noise_scale], lr=cfg.ib_lr)
-        was_training = student.training
-        student.eval().requires_grad_(False)
         self.generator.train()
         best = LowestLossBatch(ctx.device)
         best_x = None
         sums: Dict[str, torch.Tensor] = {}
-        try:
+        with frozen(student):  # the student is read, not trained: eval mode, no weight gradients
             for _ in range(cfg.gen_iters):
                 x = self.generator(z, y if cfg.conditional else None)
                 view = random_crop_flip(x, generator=ctx.rng) if cfg.augment else x
@@ -298,8 +301,6 @@ class FERD(Method):
                 best_x = best.update(total, x)
                 for k, v in {"total": total, **terms}.items():
                     sums[k] = sums.get(k, 0) + v.detach()
-        finally:
-            student.requires_grad_(True).train(was_training)
         ctx.average_buffers(self.generator)
         logs: Dict[str, Any] = {k: v / max(1, cfg.gen_iters) for k, v in sums.items()}
         if cfg.reweight:
@@ -394,13 +395,8 @@ class FERD(Method):
     def _record_spread(self, ctx: MethodContext, model: torch.nn.Module, x_u: torch.Tensor, x_f: torch.Tensor) -> None:
         """Which classes the attacked model assigns to UTAEs that flip its decision (Fig. 9's target
         spread), on the epoch's first batch; the model is read in eval mode."""
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                pred_u, pred_f = model(x_u).argmax(1), model(x_f).argmax(1)
-        finally:
-            model.train(was_training)
+        with in_eval_mode(model), torch.no_grad():
+            pred_u, pred_f = model(x_u).argmax(1), model(x_f).argmax(1)
         flipped = pred_u != pred_f
         hist = torch.bincount(pred_u[flipped].cpu(), minlength=ctx.num_classes)
         self._spread = {"epoch": ctx.epoch, "utae_flip_rate": float(flipped.float().mean()),

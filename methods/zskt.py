@@ -22,7 +22,7 @@ from torch import nn
 
 from dfrd_bench.config import ConfigError
 from dfrd_bench.losses import attention_transfer, kl_div, rslad_student_loss
-from dfrd_bench.method import Batch, MethodContext, Samples, register_method
+from dfrd_bench.method import Batch, MethodContext, MethodInfo, Samples, frozen, register_method
 from dfrd_bench.runner import cosine_lr  # the runner's schedule: CosineAnnealingLR(T_max = pseudo-batches)
 from dfrd_bench.robust_kd import RSLAD_DEFAULTS, RobustKDMethod, student_adversarial
 
@@ -88,7 +88,8 @@ _PSEUDO_BATCH = {"gen_iters": 1, "student_iters": 10, "pool_sampling": "latest"}
 @register_method("zskt")
 class ZSKT(RobustKDMethod):
     summary = "ZSKT: adversarial belief matching generator + KL/RSLAD and attention transfer (Micaelli & Storkey 2019)"
-    paper = "Zero-shot Knowledge Transfer via Adversarial Belief Matching, NeurIPS 2019"
+    info = MethodInfo(label="ZSKT", family="generator", rslad_stage=True, order=10, color="tab:green",
+                      paper="Zero-shot Knowledge Transfer via Adversarial Belief Matching, NeurIPS 2019")
     defaults: Dict[str, Any] = {
         **RSLAD_DEFAULTS,
         # generator (paper Sec. 3-4 and authors' code): z dim 100, Adam 1e-3, cosine over all pseudo-batches
@@ -160,10 +161,8 @@ class ZSKT(RobustKDMethod):
         self.generator.train()
         # The student stays in train mode (batch statistics), as in the authors' code; its
         # parameters are frozen so that only the input gradient is computed.
-        flags = [p.requires_grad for p in student.parameters()]
-        student.requires_grad_(False)
         mismatch = torch.zeros((), device=ctx.device)
-        try:
+        with frozen(student, eval_mode=False):
             for _ in range(cfg.gen_iters):
                 x = self.generator(z)
                 loss = generator_loss(teacher(x), student(x), cfg.kd_temperature)
@@ -174,9 +173,6 @@ class ZSKT(RobustKDMethod):
                     torch.nn.utils.clip_grad_norm_(self.generator.parameters(), cfg.gen_grad_clip)
                 self.gen_opt.step()
                 mismatch = mismatch + (-loss.detach())
-        finally:
-            for p, f in zip(student.parameters(), flags):
-                p.requires_grad_(f)
         with torch.no_grad():  # the student trains on the updated generator's images of the same z
             x = self.generator(z)
         ctx.average_buffers(self.generator)

@@ -15,8 +15,9 @@ from ..data.specs import get_dataset_spec
 from ..metrics import bootstrap_difference
 from ..attacks import ATTACK_ORDER
 from .collect import HIGHER_IS_BETTER, Folders, Run, group_by_setup, load_runs, matches
-from .tables import (ATTACK_LABELS, FERD_READING, METHOD_LABELS, METHOD_TABLE_OF, PROPOSED, SIGNIFICANCE_LEVEL, TABLES,
-                     BuiltRow, evaluations_of, best_baseline, build_table_for, student_family)
+from ..method import method_info
+from .tables import (ATTACK_LABELS, FERD_READING, METHOD_TABLE_OF, SIGNIFICANCE_LEVEL, TABLES, BuiltRow, evaluations_of,
+                     best_baseline, build_table_for, method_label, student_family)
 
 METRIC_WORDS = {"worst": "worst-class", "worst10": "worst-10%", "nsd": "NSD", "avg": "average"}
 
@@ -92,7 +93,7 @@ def _head_to_head(runs: Sequence[Run], table_rows: Sequence[BuiltRow], student: 
                 lines.append(f"- {ATTACK_LABELS[attack]} {METRIC_WORDS[metric]}: no baseline run to compare with.")
                 continue
             base = [r for r in runs if r.student == student and r.method == ref.method and matches(r, ref.method, {})]
-            c = compare(ferd, base, attack, metric, "FERD", METHOD_LABELS.get(ref.method, ref.method))
+            c = compare(ferd, base, attack, metric, "FERD", method_label(ref.method))
             if c is None:
                 continue
             question = "beat" if metric != "nsd" else "have a lower NSD than"
@@ -168,7 +169,7 @@ def claims_section(results: Folders) -> str:
                       "intervals of the difference: seeds, then test images per class).", ""]
     any_setup = False
     for setup, setup_runs in group_by_setup(runs).items():
-        if not any(r.method in PROPOSED for r in setup_runs):
+        if not any(method_info(r.method).proposed for r in setup_runs):
             continue
         any_setup = True
         worst = "worst10" if get_dataset_spec(setup.dataset).num_classes >= 100 else "worst"

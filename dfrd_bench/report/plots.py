@@ -20,11 +20,10 @@ import numpy as np
 
 from ..errors import DfrdError
 from .collect import Folders, Run, Setup, group_by_setup, load_model_evals, load_runs, matches, teacher_attacks
-from .tables import ATTACK_LABELS, BASELINES, METHOD_LABELS
+from ..method import method_info, table_order
+from .tables import ATTACK_LABELS, method_label
 
 FIGURES = ("1", "2", "4", "5", "6", "8", "9")
-METHOD_COLORS = {"zskt": "tab:green", "cmi": "tab:purple", "deepinv": "tab:brown", "fast": "tab:pink",
-                 "dfhl": "tab:olive", "ferd": "tab:red"}
 HISTORY_KEYS = ("student/loss", "student/kl_adv", "gen/total", "utae_target_entropy_norm", "gen/nonrobust_frac")
 
 
@@ -66,8 +65,12 @@ def _default_run(runs: Sequence[Run], method: str) -> Optional[Run]:
 
 
 def _methods_in(runs: Sequence[Run]) -> List[str]:
-    present = {r.method for r in runs}
-    return [m for m in BASELINES if m in present] + sorted(present - set(BASELINES))
+    """The methods of these runs in table order (MethodInfo: baselines by order, the proposed one last)."""
+    return table_order(r.method for r in runs)
+
+
+def _color(method: str) -> Optional[str]:
+    return method_info(method).color  # None: matplotlib's next colour
 
 
 def _attacks_in(runs: Sequence[Run]) -> List[str]:
@@ -88,8 +91,8 @@ def fig1(runs: List[Run], evals: List[dict], setup: Setup, out: Path, name: str,
             run = _default_run(runs, method)
             if run is not None and attack in run.result["attacks"]:
                 pc = run.result["attacks"][attack]["per_class"]
-                ax.plot(range(len(pc)), pc, "--.", lw=1.2, color=METHOD_COLORS.get(method),
-                        label=METHOD_LABELS.get(method, method))
+                ax.plot(range(len(pc)), pc, "--.", lw=1.2, color=_color(method),
+                        label=method_label(method))
         ax.set_title(ATTACK_LABELS[attack])
         _class_axis(ax, setup.dataset)
         ax.grid(alpha=0.3)
@@ -126,7 +129,7 @@ def fig2(runs: List[Run], evals, setup, out: Path, name: str, method: str = "fer
     fig, axes = plt.subplots(1, len(attacks), figsize=(2.8 * len(attacks), 2.9), squeeze=False)
     for ax, attack in zip(axes[0], attacks):
         _confusion_panel(ax, run.result["attacks"][attack]["confusion"],
-                         f"{METHOD_LABELS.get(run.method, run.method)}: {ATTACK_LABELS[attack]}")
+                         f"{method_label(run.method)}: {ATTACK_LABELS[attack]}")
     return _save(fig, out, f"{name}-{run.method}")
 
 
@@ -140,7 +143,7 @@ def fig9(runs: List[Run], evals, setup, out: Path, name: str, attack: str = "pgd
         entry = run.result["attacks"][attack]
         spread = entry.get("target_entropy_norm")
         extra = f"\ntarget entropy {spread:.2f}" if spread is not None else ""
-        _confusion_panel(ax, entry["confusion"], f"{METHOD_LABELS.get(run.method, run.method)} ({ATTACK_LABELS[attack]}){extra}")
+        _confusion_panel(ax, entry["confusion"], f"{method_label(run.method)} ({ATTACK_LABELS[attack]}){extra}")
     return _save(fig, out, name)
 
 
@@ -211,7 +214,7 @@ def fig6(runs: List[Run], evals, setup, out: Path, name: str, **_) -> List[Path]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
     for ax, (method, grid) in zip(axes[0], panels):
         ax.imshow(plt.imread(str(grid)))
-        ax.set_title(METHOD_LABELS.get(method, method))
+        ax.set_title(method_label(method))
         ax.axis("off")
     fig.suptitle("last synthetic batch of each method (rows sorted by class)", fontsize=9)
     return _save(fig, out, name)
@@ -228,8 +231,8 @@ def fig8(runs: List[Run], evals, setup, out: Path, name: str, **_) -> List[Path]
             run = _default_run(runs, method)
             hist = [h for h in (run.result.get("history", []) if run else []) if h.get(key) is not None]
             if hist:
-                ax.plot([h["epoch"] for h in hist], [h[key] for h in hist], "-", color=METHOD_COLORS.get(method),
-                        label=METHOD_LABELS.get(method, method))
+                ax.plot([h["epoch"] for h in hist], [h[key] for h in hist], "-", color=_color(method),
+                        label=method_label(method))
         ax.set_title(key, fontsize=9)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

@@ -7,6 +7,7 @@ averages seeds, marks best/second per column and attaches the published numbers 
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 from ..errors import DfrdError
 from ..attacks import ATTACK_ORDER
 from ..data.specs import get_dataset_spec
+from ..method import method_info, table_order
 from ..metrics import bootstrap_difference, bootstrap_worst
 from ..registry import Registry
 from .collect import (Folders, HIGHER_IS_BETTER, Cell, Run, Setup, describe_sources, group_by_setup, load_model_evals,
@@ -23,13 +25,13 @@ from .collect import (Folders, HIGHER_IS_BETTER, Cell, Run, Setup, describe_sour
 PUBLISHED_PATH = Path(__file__).with_name("published_ferd.json")
 ATTACK_LABELS = {"clean": "Clean", "fgsm": "FGSM", "pgd20": "PGD-20", "cw": "CW-inf", "aa": "AA"}
 METRIC_LABELS = {"avg": "Avg", "worst": "Worst", "worst10": "Worst-10%", "nsd": "NSD"}
-METHOD_LABELS = {"zskt": "ZSKT", "cmi": "CMI", "deepinv": "DeepInv", "fast": "Fast", "dfhl": "DFHL", "ferd": "FERD"}
-BASELINES = ("zskt", "cmi", "deepinv", "fast", "dfhl", "ferd")
-RSLAD_METHODS = ("zskt", "cmi", "deepinv", "fast")
-PROPOSED = ("ferd",)   # the method the paper proposes; every other row of a method table is a baseline
+# Method rows, labels and order come from each method's MethodInfo (dfrd_bench.method): a plugin's
+# method appears in the method tables (1, 2, 5), Table 8 (with rslad_stage) and every figure as soon
+# as it has runs, with no edit here.
 SIGNIFICANCE_LEVEL = 0.95
 # What makes a FERD run the method the paper's numbers came from (docs/methods/ferd.md): UTAEs on the
-# student and crop+flip student batches. Runs made with the printed Eq. 10 (UTAEs on the teacher:
+# student and crop+flip student batches (also FERD's MethodInfo.row_settings, which its rows in Tables 1,
+# 2 and 5 read; tests/test_plugins.py checks the two agree). Runs made with the printed Eq. 10 (UTAEs on the teacher:
 # variant paper-literal, and the suite's default before issue 9) or before the augmentation existed
 # (a diagnostic `utae_on=student` run of the first benchmark) never fill a FERD row of the paper's tables.
 FERD_READING = {"utae_on": "student", "student_augment": True}
@@ -68,8 +70,27 @@ class TableSpec:
 TABLES: Registry[TableSpec] = Registry("table")
 
 
-def _method_rows(methods: Sequence[str] = BASELINES) -> Tuple[RowSpec, ...]:
-    return tuple(RowSpec(m, METHOD_LABELS[m], m, dict(FERD_READING) if m == "ferd" else {}) for m in methods)
+def method_label(method: str) -> str:
+    """The method's name in tables and figures (its MethodInfo.label)."""
+    return method_info(method).label
+
+
+@functools.lru_cache(maxsize=None)
+def _paper_methods(number: str) -> Tuple[str, ...]:
+    """The methods with a row in the paper's table `number` (ids '<student>/<method>[+rslad]' in the
+    published-numbers file): they keep their row, dashed, when not run."""
+    rows = load_published().get("tables", {}).get(number, {}).get("rows", {})
+    return tuple(dict.fromkeys(rid.split("/")[-1].split("+")[0] for rid in rows))
+
+
+def _method_rows(number: str) -> Callable[[List[Run]], Tuple[RowSpec, ...]]:
+    """A method table's rows: the paper's methods and every other method with runs in the setup,
+    in table order (baselines, then the proposed method), each with its row settings."""
+    def rows(runs: List[Run]) -> Tuple[RowSpec, ...]:
+        names = table_order([*_paper_methods(number), *(r.method for r in runs)])
+        return tuple(RowSpec(m, method_label(m), m, dict(method_info(m).row_settings)) for m in names)
+
+    return rows
 
 
 def _ferd(**config: Any) -> Dict[str, Any]:
@@ -80,25 +101,28 @@ def _variant_rows(runs: List[Run]) -> Tuple[RowSpec, ...]:
     """One row per distinct (method, variant, settings changed with --set) among the runs: the
     comparison of readings and variants (results/ferd-reading/), seeds averaged."""
     seen: Dict[Tuple, RowSpec] = {}
-    order = {m: i for i, m in enumerate(BASELINES)}
-    for r in sorted(runs, key=lambda r: (order.get(r.method, 99), r.method, r.variant != "paper", r.variant,
+    order = {m: i for i, m in enumerate(table_order(r.method for r in runs))}
+    for r in sorted(runs, key=lambda r: (order[r.method], r.method, r.variant != "paper", r.variant,
                                          sorted(r.method_overrides.items(), key=str))):
         sets = {k: v for k, v in r.method_overrides.items() if k != "variant"}
         key = (r.method, r.variant, tuple(sorted((k, repr(v)) for k, v in sets.items())))
         if key in seen:
             continue
-        label = METHOD_LABELS.get(r.method, r.method)
+        text = method_label(r.method)
         extra = ([f"variant={r.variant}"] if r.variant != "paper" else []) + [f"{k}={v}" for k, v in sorted(sets.items())]
-        label += f" ({', '.join(extra)})" if extra else ""
-        seen[key] = RowSpec("/".join(map(str, key)), label, r.method, sets, r.variant)
+        text += f" ({', '.join(extra)})" if extra else ""
+        seen[key] = RowSpec("/".join(map(str, key)), text, r.method, sets, r.variant)
     return tuple(seen.values())
 
 
-def _rslad_rows() -> Tuple[RowSpec, ...]:
+def _rslad_rows(runs: List[Run]) -> Tuple[RowSpec, ...]:
+    """Table 8: each method built on the RSLAD student stage (MethodInfo.rslad_stage) that the paper
+    shows or the setup has runs of, without (rslad=false) and with the stage."""
     rows: List[RowSpec] = []
-    for m in RSLAD_METHODS:
-        rows.append(RowSpec(m, METHOD_LABELS[m], m, {"rslad": False}))
-        rows.append(RowSpec(f"{m}+rslad", f"{METHOD_LABELS[m]}+RSLAD", m, {"rslad": True}, delta_from=m))
+    for m in table_order([*_paper_methods("8"), *(r.method for r in runs)]):
+        if method_info(m).rslad_stage:
+            rows.append(RowSpec(m, method_label(m), m, {"rslad": False}))
+            rows.append(RowSpec(f"{m}+rslad", f"{method_label(m)}+RSLAD", m, {"rslad": True}, delta_from=m))
     return tuple(rows)
 
 
@@ -111,9 +135,9 @@ def _layer_rows(runs: List[Run]) -> Tuple[RowSpec, ...]:
 _ALL = ATTACK_ORDER
 _AWN = ("avg", "worst", "nsd")
 for _spec in (
-    TableSpec("1", "Avg, Worst and NSD of each method's student on CIFAR-10", "cifar10", _ALL, _AWN, _method_rows(),
+    TableSpec("1", "Avg, Worst and NSD of each method's student on CIFAR-10", "cifar10", _ALL, _AWN, _method_rows("1"),
               compare=True),
-    TableSpec("2", "Avg, Worst-10% and NSD of each method's student on CIFAR-100", "cifar100", _ALL, _AWN, _method_rows(),
+    TableSpec("2", "Avg, Worst-10% and NSD of each method's student on CIFAR-100", "cifar100", _ALL, _AWN, _method_rows("2"),
               compare=True),
     TableSpec("3", "Ablation of FERD's components", None, ("clean", "pgd20"), ("avg", "worst"), (
         RowSpec("ferd", "FERD", "ferd", _ferd(reweight=True, fae=True, utae=True)),
@@ -123,7 +147,7 @@ for _spec in (
         RowSpec("no-fae-utae", "w/o FAEs, UTAEs", "ferd", _ferd(reweight=True, fae=False, utae=False)),
     )),
     TableSpec("5", "Avg, Worst-10% and NSD on Tiny-ImageNet", "tinyimagenet", _ALL, _AWN,
-              _method_rows(("cmi", "deepinv", "fast", "dfhl", "ferd")), published_by_student=False, compare=True),
+              _method_rows("5"), published_by_student=False, compare=True),
     TableSpec("6", "FERD's reweighting strategies", None, ("clean", "fgsm", "pgd20"), _AWN, tuple(
         RowSpec(s, label, "ferd", _ferd(reweight_strategy=s)) for s, label in (
             ("power", "power"), ("sigmoid", "sigmoid"), ("linear", "linear"), ("tanh", "tanh"),
@@ -134,7 +158,7 @@ for _spec in (
         for a, b, o, u in ((1, 1, 1, 1), (5, 1, 1, 1), (1, 5, 1, 1), (1, 1, 5, 1), (1, 1, 1, 5), (1, 3, 1, 3),
                            (1, 5, 1, 5), (1, 7, 1, 7), (1, 9, 1, 9)))),
     TableSpec("8", "DFKD and the same method made robust with RSLAD (change in parentheses)", None, _ALL, ("avg",),
-              _rslad_rows(), mark_best=False),
+              _rslad_rows, mark_best=False),
     TableSpec("9", "FERD's intermediate layer l", None, ("clean", "fgsm", "pgd20"), ("avg", "worst"), _layer_rows),
     # not a paper table: every method / variant / --set combination found, side by side
     TableSpec("variants", "Each method, variant and changed setting found in the results", None, _ALL, _AWN,
@@ -289,8 +313,8 @@ def evaluations_of(runs: Sequence[Run], attack: str) -> List[Tuple[List[Optional
 
 
 def best_baseline(rows: Sequence[BuiltRow], column: Tuple[str, str]) -> Optional[BuiltRow]:
-    """The baseline row (not a PROPOSED method) with the best mean in `column`, or None."""
-    base = [r for r in rows if r.method not in PROPOSED and r.cells[column].mean is not None]
+    """The baseline row (not the proposed method, MethodInfo.proposed) with the best mean in `column`, or None."""
+    base = [r for r in rows if not method_info(r.method).proposed and r.cells[column].mean is not None]
     if not base:
         return None
     sign = 1.0 if HIGHER_IS_BETTER[column[1]] else -1.0
@@ -370,7 +394,9 @@ def _notes(table: BuiltTable, setup: Setup, runs: List[Run], paper: bool, ci: bo
                      "test images per class (2,000 draws; the minimum is biased low when several classes are close "
                      "to it).")
         if any(r.significance for _, rows in table.blocks for r in rows):
-            notes.append("† the best baseline of the column (FERD excluded); ▲ / ▼ significantly better / worse than "
+            proposed = " and ".join(dict.fromkeys(r.label for _, rows in table.blocks for r in rows
+                                                  if method_info(r.method).proposed)) or "no method"
+            notes.append(f"† the best baseline of the column ({proposed} excluded); ▲ / ▼ significantly better / worse than "
                          "it at 95%: percentile bootstrap of the difference of seed means, resampling seeds and then "
                          "test images per class on each side independently (4,000 draws; `metrics.bootstrap_difference`).")
     if table.cost:
@@ -537,9 +563,11 @@ def _avg_text(run: Run, attack: str) -> str:
 
 def run_list(results: Folders, fmt: str = "markdown") -> str:
     """Not a paper table: every run with its seed, wall-clock times and evaluation sizes (what a run costs)."""
-    runs = sorted(load_runs(results), key=lambda r: (r.setup.dataset, r.setup.teacher, r.setup.preset,
+    runs = load_runs(results)
+    order = {m: i for i, m in enumerate(table_order(r.method for r in runs))}
+    runs = sorted(runs, key=lambda r: (r.setup.dataset, r.setup.teacher, r.setup.preset,
                                                       student_family(r.student) != "resnet18", r.student,
-                                                      BASELINES.index(r.method) if r.method in BASELINES else 99, r.seed))
+                                                      order[r.method], r.seed))
     head = ["setup", "student", "method", "settings", "seed", "clean", "PGD-20", "AA", "train s", "eval s",
             "images (AA)", "threads", "device"]
     rows = []
@@ -550,7 +578,7 @@ def run_list(results: Folders, fmt: str = "markdown") -> str:
         aa = f" ({attacks['aa']['n']})" if "aa" in attacks else ""
         prov = r.result.get("provenance", {})
         sets = ", ".join(f"{k}={v}" for k, v in sorted(r.method_overrides.items())) or "default"
-        rows.append([f"{r.setup.dataset}/{r.setup.teacher}/{r.setup.preset}", r.student, METHOD_LABELS.get(r.method, r.method),
+        rows.append([f"{r.setup.dataset}/{r.setup.teacher}/{r.setup.preset}", r.student, method_label(r.method),
                      sets, str(r.seed), *(_avg_text(r, a) for a in ("clean", "pgd20", "aa")), f"{wall.get('train', 0):.0f}", f"{wall.get('eval', 0):.0f}", f"{main_n}{aa}",
                      str(prov.get("torch_threads", "?")), str(prov.get("device", "?"))])
     if fmt == "latex":
