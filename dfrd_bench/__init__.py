@@ -1,12 +1,12 @@
 """dfrd-bench: a plugin-based benchmark suite for data-free robustness distillation.
 
 The Python API (docs/api.md) is loaded on first use, so `import dfrd_bench` and the CLI stay fast:
-`dfrd_bench.run`, `dfrd_bench.load_results` (and, from dfrd_bench.api, evaluate and load_model).
+`dfrd_bench.run`, `dfrd_bench.evaluate`, `dfrd_bench.load_model`, `dfrd_bench.load_results`.
 """
 from typing import Any
 
 __version__ = "0.1.0"
-_API = ("run", "load_results")
+_API = ("run", "evaluate", "load_model", "load_results")
 
 
 def __getattr__(name: str) -> Any:

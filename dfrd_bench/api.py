@@ -43,6 +43,57 @@ def _setting_text(value: Any) -> str:
     return str(value)
 
 
+def load_model(spec: str, dataset: str = "cifar10", *, arch: Optional[str] = None, layout: Optional[str] = None,
+               normalize: Optional[str] = None, model_dir: Optional[str] = None) -> "Classifier":  # noqa: F821
+    """A model from any spec `eval --model` takes (a checkpoint path, a bundled teacher, robustbench:NAME,
+    py:FILE.py:FACTORY, a TorchScript file; docs/models.md), as the suite's Classifier in eval mode:
+    `model(x)` takes images in [0, 1] and returns logits."""
+    from .teachers import load_teacher
+
+    return load_teacher(spec, dataset, arch=arch, model_dir=model_dir, layout=layout, normalize=normalize)
+
+
+def evaluate(model: Union[str, Any], dataset: str = "cifar10", *, attacks: str = "clean,fgsm,pgd20,cw,aa",
+             eps: float = 8 / 255, limit: Optional[int] = None, aa_limit: Optional[int] = None, seed: int = 0,
+             source: Optional[str] = None, data_root: Optional[str] = None, device: str = "auto",
+             batch_size: int = 256, out: Optional[str] = None, **load: Any) -> Dict[str, Any]:
+    """Evaluate a model per class, as `dfrd-bench eval`; returns the result (written to `out` when
+    given). `model` is a spec (loaded with `load_model(model, dataset, **load)`) or a model from
+    `load_model`; a plain nn.Module is wrapped as a model that takes [0, 1] images. `limit` and
+    `aa_limit` evaluate class-stratified subsets drawn with `seed`."""
+    import torch
+
+    from .evaluator import evaluate_model, parse_attacks
+    from .store import write_result
+    from .teachers import describe_spec
+
+    if isinstance(model, str):
+        spec, model = model, load_model(model, dataset, **load)
+        block = describe_spec(spec, model)
+    elif isinstance(model, torch.nn.Module):
+        model = _as_classifier(model, dataset)
+        block = {"spec": f"python:{type(model).__name__}"}
+    else:
+        raise TypeError(f"evaluate takes a model spec (str) or a torch.nn.Module, got {type(model).__name__}")
+    result = evaluate_model(model.eval(), block, dataset, source, data_root, limit, ",".join(parse_attacks(attacks)),
+                            eps, seed, device, batch_size, aa_limit)
+    if out:
+        write_result(result, out)
+    return result
+
+
+def _as_classifier(model: Any, dataset: str) -> Any:
+    """The suite's Classifier as it is; any other nn.Module wrapped (it gets [0, 1] images, as a
+    `py:` model loaded with --normalize none)."""
+    from .data.specs import get_dataset_spec
+    from .external import wrap_external
+    from .models import Classifier
+
+    if isinstance(model, Classifier):
+        return model
+    return wrap_external(model, get_dataset_spec(dataset).num_classes, f"python:{type(model).__name__}")
+
+
 def load_results(folders: Folders) -> "pandas.DataFrame":  # noqa: F821
     """Every run result under `folders` as a pandas DataFrame with one row per run x attack x class.
 

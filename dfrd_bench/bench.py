@@ -35,7 +35,7 @@ from .attacks import AttackSettings, kl_objective
 from .config import resolve_config
 from .data import ImageSet
 from .errors import DfrdError
-from .evaluate import evaluate, parse_attacks
+from .evaluator import evaluate, parse_attacks
 from .method import MethodContext, check_teacher, get_method
 from .modes import frozen, model_mode
 from .runner import make_context, student_batch, student_step

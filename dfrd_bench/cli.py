@@ -190,41 +190,12 @@ def _summary_table(result: Dict[str, Any]) -> str:
     return tabulate(rows, headers=["attack", "n", "avg %", "worst %", "worst10 %", "NSD", "time"])
 
 
-def run_evaluation(model, model_block: Dict[str, Any], dataset: str, source: Optional[str], data_root: Optional[str],
-                   limit: Optional[int], attacks: str, eps: float, seed: int, device: Optional[str],
-                   batch_size: int, aa_limit: Optional[int], kind: str = "eval", extra: Optional[Dict[str, Any]] = None,
-                   pgd_steps: int = 20, cw_steps: int = 30, progress_path: Optional[str] = None) -> Dict[str, Any]:
-    """Load the test split, evaluate, and assemble a result dict (shared by eval and teacher train).
+def run_evaluation(*args: Any, progress_path: Optional[str] = None, **kwargs: Any) -> Dict[str, Any]:
+    """evaluator.evaluate_model with the progress lines of a resumable evaluation on stderr."""
+    from .evaluator import evaluate_model
 
-    progress_path makes the evaluation resumable (see evaluate); the caller removes it once done."""
-    from .attacks import AttackSettings
-    from .data import load_split
-    from .evaluate import evaluate
-    from .provenance import provenance
-    from .utils import pick_device
-
-    data = load_split(dataset, "test", source, data_root).subset(limit, seed=seed)
-    settings = AttackSettings(eps=eps, seed=seed, pgd_steps=pgd_steps, cw_steps=cw_steps)
-    limits = {"aa": aa_limit} if aa_limit else {}
-    dev = pick_device(device)
-    t0 = time.time()
-    out = evaluate(model, data, attacks=attacks.split(",") if attacks != "all" else "all", settings=settings,
-                   device=str(dev), batch_size=batch_size, attack_limits=limits, progress_path=progress_path,
-                   log=(lambda line: click.echo(line, err=True)) if progress_path else None)
-    result = {
-        "kind": kind,
-        "dataset": dataset,
-        "data_source": data.source,
-        "model": {**model_block, "arch": getattr(model, "arch", None), "num_classes": model.num_classes},
-        "attacks": out["attacks"],
-        "settings": {**out["settings"], "limit": limit, "aa_limit": aa_limit, "batch_size": batch_size},
-        "seed": seed,
-        "wall_seconds": round(time.time() - t0, 1),
-        "provenance": provenance(dev),
-    }
-    if extra:
-        result.update(extra)
-    return result
+    log = (lambda line: click.echo(line, err=True)) if progress_path else None
+    return evaluate_model(*args, progress_path=progress_path, log=log, **kwargs)
 
 
 eval_options = [
@@ -264,7 +235,7 @@ normalize_help = ("the normalisation the model expects: none, dataset or m1,m2,m
 def eval_cmd(model_spec, arch, layout, normalize, model_dir, dataset, source, data_root, limit, eps, attacks, aa_limit,
              pgd_steps, cw_steps, batch_size, seed, device, out, resume_file) -> None:
     """Evaluate a model per class under clean, FGSM, PGD-20, CW-inf and AutoAttack."""
-    from .evaluate import parse_attacks
+    from .evaluator import parse_attacks
     from .store import write_result
     from .store import check_writable
     from .teachers import describe_loaded, describe_spec, load_teacher
@@ -479,7 +450,7 @@ def table_cmd(which, attacks, fmt, results, paper, ci, out, into, strict) -> Non
 
     Every file that should be a result and could not be read is listed under the tables (and on
     stderr); with --strict the command then exits with status 1."""
-    from .evaluate import parse_attacks
+    from .evaluator import parse_attacks
     from .report.collect import unreadable_results
     from .report.tables import EXTRA_TABLES, TABLE_NUMBERS, build_tables, render, run_list
     from .utils import atomic_write_bytes, replace_between_markers

@@ -40,7 +40,7 @@ from .data import get_dataset_spec, load_split
 from .distributed import EvalShard, World, session
 from .epoch_log import epoch_line, open_tensorboard, require_tensorboard
 from .errors import DfrdError, DivergenceError, first_line
-from .evaluate import evaluate, non_finite_parameters, parse_attacks
+from .evaluator import evaluate, non_finite_parameters, parse_attacks
 from .method import Batch, Method, MethodContext, Samples, check_teacher, get_method
 from .models import build_model, count_parameters
 from .pool import SamplePool

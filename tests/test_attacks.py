@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from dfrd_bench.attacks import ATTACKS, AttackSettings, cw_margin, project, sign_ascent, ce_objective
-from dfrd_bench.evaluate import EvaluationError, check_perturbation, evaluate, parse_attacks
+from dfrd_bench.evaluator import EvaluationError, check_perturbation, evaluate, parse_attacks
 from dfrd_bench.data import from_arrays
 from dfrd_bench.models import build_model
 from tests.conftest import TinyLinear, random_images

@@ -373,7 +373,7 @@ def _eval_parts(folder: Path, seed: int = 3):
 
 
 def _evaluations(folder: Path, shard, seed: int = 3, variants=None, progress=None) -> Dict[str, Any]:
-    from dfrd_bench.evaluate import evaluate
+    from dfrd_bench.evaluator import evaluate
 
     model, data, settings_of = _eval_parts(folder, seed)
     out = {}
@@ -425,7 +425,7 @@ def test_sharded_evaluation_resumes_from_the_single_process_progress_file(tmp_pa
     """Rank 0 writes the progress file after every round of 2 batches, with both ranks' predictions
     merged: a resumed 2-rank evaluation, and a single process resuming the same file, end with the
     uninterrupted single-process numbers."""
-    from dfrd_bench.evaluate import evaluate
+    from dfrd_bench.evaluator import evaluate
 
     _npz(tmp_path)
     torch.set_num_threads(1)

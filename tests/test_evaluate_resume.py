@@ -12,7 +12,7 @@ from dfrd_bench.checkpoints import save_model
 from dfrd_bench.cli import main
 from dfrd_bench.data import from_arrays
 from dfrd_bench.eval_progress import EvalProgressError
-from dfrd_bench.evaluate import evaluate
+from dfrd_bench.evaluator import evaluate
 from dfrd_bench.models import build_model
 from dfrd_bench.runner import EVAL_PROGRESS_FILE, RunRequest, run
 from tests.conftest import TinyLinear, random_images

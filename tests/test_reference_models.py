@@ -4,7 +4,7 @@ import pytest
 
 from dfrd_bench.attacks import AttackSettings
 from dfrd_bench.data import load_split
-from dfrd_bench.evaluate import evaluate
+from dfrd_bench.evaluator import evaluate
 from dfrd_bench.teachers import load_teacher
 
 PUBLISHED = {"resnet4b": (77.20, 61.41), "resnet2b": (69.25, 54.82)}

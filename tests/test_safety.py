@@ -19,7 +19,7 @@ from dfrd_bench.cli import main
 from dfrd_bench.config import ConfigError, resolve_config
 from dfrd_bench.data import DataError, load_split
 from dfrd_bench.errors import DfrdError, DivergenceError
-from dfrd_bench.evaluate import EvaluationError
+from dfrd_bench.evaluator import EvaluationError
 from dfrd_bench.method import get_method
 from dfrd_bench.models import build_model
 from dfrd_bench.runner import LOCK_FILE, RunError, RunRequest, run

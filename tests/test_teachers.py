@@ -51,7 +51,7 @@ def test_bundled_cpu_teacher_is_robust_on_real_images(assets):
         pytest.skip("no bundled teacher yet")
     from dfrd_bench.attacks import AttackSettings
     from dfrd_bench.data import load_split
-    from dfrd_bench.evaluate import evaluate
+    from dfrd_bench.evaluator import evaluate
 
     name = next(n for n, c in cards.items() if c["dataset"] == "cifar10")
     data = load_split("cifar10", "test", source=str(assets / "cifar10-jpeg.zip")).subset(200, seed=0)

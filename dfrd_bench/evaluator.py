@@ -253,3 +253,39 @@ def _predict(model: torch.nn.Module, x: torch.Tensor, dev: torch.device, batch_s
             out.append(model(x[i:i + batch_size].to(dev)).argmax(1).cpu())
     pred = torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
     return shard.merge(pred) if shard is not None else pred
+
+
+def evaluate_model(model: torch.nn.Module, model_block: Dict[str, Any], dataset: str, source: Optional[str],
+                   data_root: Optional[str], limit: Optional[int], attacks: str, eps: float, seed: int,
+                   device: Optional[str], batch_size: int, aa_limit: Optional[int], kind: str = "eval",
+                   extra: Optional[Dict[str, Any]] = None, pgd_steps: int = 20, cw_steps: int = 30,
+                   progress_path: Optional[str] = None, log: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+    """Load the test split, evaluate `model`, and assemble a result dict of kind `kind` (what `eval`,
+    `teacher train` and the Python API write). progress_path makes the evaluation resumable (see
+    `evaluate`); the caller removes it once the result is safe."""
+    from .attacks import AttackSettings
+    from .data import load_split
+    from .provenance import provenance
+    from .utils import pick_device
+
+    data = load_split(dataset, "test", source, data_root).subset(limit, seed=seed)
+    settings = AttackSettings(eps=eps, seed=seed, pgd_steps=pgd_steps, cw_steps=cw_steps)
+    limits = {"aa": aa_limit} if aa_limit else {}
+    dev = pick_device(device)
+    t0 = time.time()
+    out = evaluate(model, data, attacks=attacks.split(",") if attacks != "all" else "all", settings=settings,
+                   device=str(dev), batch_size=batch_size, attack_limits=limits, progress_path=progress_path, log=log)
+    result = {
+        "kind": kind,
+        "dataset": dataset,
+        "data_source": data.source,
+        "model": {**model_block, "arch": getattr(model, "arch", None), "num_classes": model.num_classes},
+        "attacks": out["attacks"],
+        "settings": {**out["settings"], "limit": limit, "aa_limit": aa_limit, "batch_size": batch_size},
+        "seed": seed,
+        "wall_seconds": round(time.time() - t0, 1),
+        "provenance": provenance(dev),
+    }
+    if extra:
+        result.update(extra)
+    return result
