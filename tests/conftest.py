@@ -31,6 +31,34 @@ def assets() -> Path:
     return ASSETS
 
 
+def method_context(method_cls, teacher=None, student=None, *, preset: str = "smoke", seed: int = 0, epoch: int = 0,
+                   pool_max="config", image_size: int = 32, num_classes=None, **overrides):
+    """The MethodContext every method test builds: `method_cls`'s settings at `preset` with a random
+    resnet8 teacher spec and `overrides`; missing models are built under torch seed 0 (teacher first:
+    a frozen resnet8 in eval mode, then a resnet8 student); the context's generator is seeded with
+    `seed`; the pool holds `pool_max` images ('config': the settings' pool_max; None: unbounded)."""
+    from dfrd_bench.config import resolve_config
+    from dfrd_bench.method import MethodContext
+    from dfrd_bench.models import build_model
+    from dfrd_bench.pool import SamplePool
+
+    cfg = resolve_config(method_cls, "cifar10", preset, {"teacher": "random:resnet8", **overrides})
+    if teacher is None or student is None:
+        torch.manual_seed(0)
+        teacher = teacher if teacher is not None else build_model("resnet8", 10, 32).eval().requires_grad_(False)
+        student = student if student is not None else build_model("resnet8", 10, 32)
+    return MethodContext(teacher=teacher, student=student, cfg=cfg, device=torch.device("cpu"),
+                         rng=torch.Generator().manual_seed(seed),
+                         pool=SamplePool(cfg.pool_max if pool_max == "config" else pool_max),
+                         num_classes=num_classes or teacher.num_classes, image_size=image_size, epoch=epoch)
+
+
+@pytest.fixture
+def make_ctx():
+    """`method_context` as a fixture, for tests that prefer fixtures to imports."""
+    return method_context
+
+
 def random_images(n: int, size: int = 32, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
 

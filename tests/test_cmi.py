@@ -9,24 +9,16 @@ import methods.cmi as cmi_module  # registers "cmi"
 from dfrd_bench.config import resolve_config
 from dfrd_bench.losses import kl_div
 from dfrd_bench.method import Batch, MethodContext, get_method
-from dfrd_bench.models import build_model
-from dfrd_bench.pool import SamplePool
 from dfrd_bench.runner import RunRequest, run
 from dfrd_bench.losses import decision_adversarial_loss
 from methods.cmi import CMI, MemoryBank, MLPHead, contrastive_logits, contrastive_loss, dcgan_init_
-from tests.conftest import interrupt_then_resume, same_students
+from tests.conftest import interrupt_then_resume, method_context, same_students
 
 unit = lambda f: F.normalize(f, dim=1)  # noqa: E731  (an identity "head" for hand-computed values)
 
 
 def tiny_ctx(**overrides) -> MethodContext:
-    cfg = resolve_config(CMI, "cifar10", "smoke", {"teacher": "random:resnet8", "latent_dim": 16, "gen_width": 8,
-                                                  **overrides})
-    torch.manual_seed(0)
-    teacher = build_model("resnet8", 10, 32).eval().requires_grad_(False)
-    student = build_model("resnet8", 10, 32)
-    return MethodContext(teacher=teacher, student=student, cfg=cfg, device=torch.device("cpu"),
-                         rng=torch.Generator().manual_seed(0), pool=SamplePool(None), num_classes=10, image_size=32)
+    return method_context(CMI, pool_max=None, **{"latent_dim": 16, "gen_width": 8, **overrides})
 
 
 # -- the contrastive term --------------------------------------------------------------------------

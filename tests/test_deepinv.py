@@ -10,13 +10,13 @@ import methods.deepinv  # noqa: F401  (registers 'deepinv')
 from dfrd_bench.config import resolve_config
 from dfrd_bench.hooks import bn_statistics_loss
 from dfrd_bench.losses import kl_div
-from dfrd_bench.method import Batch, MethodContext
+from dfrd_bench.method import Batch
 from dfrd_bench.models import build_model
 from dfrd_bench.models.base import Classifier, StagedNet
-from dfrd_bench.pool import SamplePool
 from dfrd_bench.runner import RunRequest, run
 from methods.deepinv import (DeepInversion, clip_to_box_, competition_loss, fast_datafree_js, image_from_latent,
                              inversion_loss, jensen_shannon, jitter_flip, standardize, total_variation_l2)
+from tests.conftest import method_context
 
 
 
@@ -40,10 +40,8 @@ class ScaleThenBN(StagedNet):
 
 
 def _ctx(teacher, student, overrides=None, image_size=32, num_classes=10):
-    cfg = resolve_config(DeepInversion, "cifar10", "smoke", {"teacher": "random:resnet8", **(overrides or {})})
-    return MethodContext(teacher=teacher, student=student, cfg=cfg, device=torch.device("cpu"),
-                         rng=torch.Generator().manual_seed(0), pool=SamplePool(cfg.pool_max),
-                         num_classes=num_classes, image_size=image_size)
+    return method_context(DeepInversion, teacher, student, image_size=image_size, num_classes=num_classes,
+                          **(overrides or {}))
 
 
 def _hooks(model):

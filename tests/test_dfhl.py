@@ -9,22 +9,16 @@ import torch.nn.functional as F
 import methods.dfhl  # noqa: F401  (registers "dfhl")
 from dfrd_bench.config import resolve_config
 from dfrd_bench.losses import entropy
-from dfrd_bench.method import Batch, MethodContext
+from dfrd_bench.method import Batch
 from dfrd_bench.models import build_model
-from dfrd_bench.pool import SamplePool
 from dfrd_bench.runner import RunRequest, run
 from methods.dfhl import (DFHL, HardLabelOracle, class_balance, dfhl_generator_loss, high_entropy_examples,
                           smooth_one_hot, strong_augment)
-from tests.conftest import TinyLinear, same_students
+from tests.conftest import TinyLinear, method_context, same_students
 
 
 def _ctx(teacher=None, **overrides):
-    torch.manual_seed(0)
-    cfg = resolve_config(DFHL, "cifar10", "smoke", {"teacher": "random:resnet8", **overrides})
-    teacher = teacher or build_model("resnet8", 10, 32).eval()
-    student = build_model("resnet8", 10, 32)
-    return MethodContext(teacher=teacher, student=student, cfg=cfg, device=torch.device("cpu"),
-                         rng=torch.Generator().manual_seed(0), pool=SamplePool(64), num_classes=10, image_size=32)
+    return method_context(DFHL, teacher, pool_max=64, **overrides)
 
 
 # -- the generator's loss ------------------------------------------------------------------------

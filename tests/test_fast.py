@@ -10,22 +10,13 @@ from dfrd_bench.config import resolve_config
 from dfrd_bench.generators import Generator
 from dfrd_bench.losses import kl_div
 from dfrd_bench.method import Batch, MethodContext, get_method
-from dfrd_bench.models import build_model
-from dfrd_bench.pool import SamplePool
 from dfrd_bench.runner import RunRequest, run
 from methods.fast import Fast, MomentumBNLoss, fomaml_accumulate_, reptile_gradient_
-from tests.conftest import interrupt_then_resume, same_students
+from tests.conftest import interrupt_then_resume, method_context, same_students
 
 
 def tiny_ctx(epoch: int = 5, **overrides) -> MethodContext:
-    cfg = resolve_config(Fast, "cifar10", "smoke", {"teacher": "random:resnet8", "latent_dim": 16, "gen_width": 8,
-                                                   **overrides})
-    torch.manual_seed(0)
-    teacher = build_model("resnet8", 10, 32).eval().requires_grad_(False)
-    student = build_model("resnet8", 10, 32)
-    return MethodContext(teacher=teacher, student=student, cfg=cfg, device=torch.device("cpu"),
-                         rng=torch.Generator().manual_seed(0), pool=SamplePool(None), num_classes=10, image_size=32,
-                         epoch=epoch)
+    return method_context(Fast, epoch=epoch, pool_max=None, **{"latent_dim": 16, "gen_width": 8, **overrides})
 
 
 def flat(module):

@@ -13,14 +13,12 @@ import yaml
 from dfrd_bench.attacks import kl_objective, sign_ascent
 from dfrd_bench.config import resolve_config, student_steps
 from dfrd_bench.losses import kl_div, kl_uniform
-from dfrd_bench.method import MethodContext
-from dfrd_bench.pool import SamplePool
 from dfrd_bench.robust_kd import student_adversarial
 from dfrd_bench.utils import parse_fraction
 from methods.ferd import (FERD, adversarial_margins, class_vulnerability, decoupled_kd_divergence, ferd_student_loss,
                           ib_regularizer, least_pgd_steps, lps_weights, minmax_weights, non_robust_channels,
                           softmax_weights, utae_objective)
-from tests.conftest import TinyLinear
+from tests.conftest import TinyLinear, method_context
 
 
 def test_margins_and_class_vulnerability():
@@ -114,10 +112,7 @@ def test_utae_with_gamma_zero_is_plain_kl_pgd():
 
 def _student_ctx(model, overrides=None, seed=0):
     """A MethodContext whose student is `model` (FERD's quick settings) for the student-side attacks."""
-    cfg = resolve_config(FERD, "cifar10", "smoke", {"teacher": "random:resnet8", **(overrides or {})})
-    return MethodContext(teacher=model, student=model, cfg=cfg, device=torch.device("cpu"),
-                         rng=torch.Generator().manual_seed(seed), pool=SamplePool(cfg.pool_max),
-                         num_classes=model.num_classes, image_size=4)
+    return method_context(FERD, model, model, seed=seed, image_size=4, **(overrides or {}))
 
 
 def test_utae_on_the_student_with_gamma_zero_is_the_rslad_attack():

@@ -10,13 +10,12 @@ from torch import nn
 import methods.zskt  # noqa: F401  (registers 'zskt')
 from dfrd_bench.config import ConfigError, resolve_config
 from dfrd_bench.losses import attention_map, attention_transfer
-from dfrd_bench.method import Batch, MethodContext
+from dfrd_bench.method import Batch
 from dfrd_bench.models import build_model
 from dfrd_bench.models.base import Classifier, StagedNet
-from dfrd_bench.pool import SamplePool
 from dfrd_bench.runner import RunRequest, run
 from methods.zskt import ZSKT, ZSKTGenerator, cosine_lr, generator_loss
-from tests.conftest import interrupt_then_resume, random_images, same_students
+from tests.conftest import interrupt_then_resume, method_context, random_images, same_students
 
 
 class TwoStage(StagedNet):
@@ -40,10 +39,7 @@ def channel_select(weights) -> nn.Conv2d:
 
 
 def _ctx(teacher, student, overrides=None, preset="smoke"):
-    cfg = resolve_config(ZSKT, "cifar10", preset, {"teacher": "random:resnet8", **(overrides or {})})
-    return MethodContext(teacher=teacher, student=student, cfg=cfg, device=torch.device("cpu"),
-                         rng=torch.Generator().manual_seed(0), pool=SamplePool(cfg.pool_max),
-                         num_classes=teacher.num_classes, image_size=32)
+    return method_context(ZSKT, teacher, student, preset=preset, **(overrides or {}))
 
 
 def test_attention_map_and_transfer_hand_computed():
