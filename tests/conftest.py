@@ -18,6 +18,13 @@ def pytest_configure(config):
     os.environ.setdefault("DFRD_OFFLINE", "1")  # never try a download from the tests
 
 
+def pytest_collection_modifyitems(config, items):
+    # every test that asks for the offline assets carries the `assets` marker (-m "not assets" leaves them out)
+    for item in items:
+        if "assets" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.assets)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     # one decoded-data cache per test session, never the user's

@@ -24,6 +24,8 @@ from tests.conftest import TinyLinear, random_images, same_students
 REPO = Path(__file__).resolve().parents[1]
 WORLD = 2
 
+pytestmark = pytest.mark.slow  # every test here starts 2 processes (gloo) or torchrun
+
 
 def _gloo() -> bool:
     import torch.distributed as dist

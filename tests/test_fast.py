@@ -187,6 +187,7 @@ def req(tmp_path, test_npz, name, resume=False, **overrides):
                       overrides={"teacher": "random:resnet8", "attacks": "clean", **overrides})
 
 
+@pytest.mark.slow
 def test_smoke_run_and_exact_resume(tmp_path, test_npz):
     full = run(req(tmp_path, test_npz, "full"), log=lambda s: None)
     hist = full["history"]

@@ -115,6 +115,7 @@ def test_a_package_that_shadows_the_builtin_methods_fails_with_one_line(tmp_path
     assert "uninstall or rename it" in line
 
 
+@pytest.mark.slow
 def test_plugin_option_loads_a_module_for_one_command(tmp_path):
     res = CliRunner().invoke(main, ["--plugin", "no_such_plugin.methods", "list", "methods"])
     assert res.exit_code == 2 and "no module named 'no_such_plugin'" in res.output and "Traceback" not in res.output
@@ -135,6 +136,7 @@ def test_the_guide_shows_the_worked_example_verbatim():
         assert f"\n{text}```" in guide, f"docs/adding-a-method.md must include docs/example-plugin/{name} verbatim"
 
 
+@pytest.mark.slow
 @pytest.mark.slow
 def test_the_worked_example_installed_with_an_entry_point_runs_and_reaches_tables_and_figures(tmp_path):
     """pip-installs docs/example-plugin into a folder (no network, no dependencies) as a user would,

@@ -10,6 +10,7 @@ from dfrd_bench.teachers import load_teacher
 PUBLISHED = {"resnet4b": (77.20, 61.41), "resnet2b": (69.25, 54.82)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["resnet4b"])
 def test_reproduces_published_clean_and_pgd_at_2_255(assets, arch):
     model = load_teacher(str(assets / "reference-models" / f"{arch}.pth"), "cifar10", arch=arch)
@@ -21,6 +22,7 @@ def test_reproduces_published_clean_and_pgd_at_2_255(assets, arch):
     assert out["pgd20"]["avg"] < out["clean"]["avg"]
 
 
+@pytest.mark.slow
 def test_autoattack_is_never_above_pgd_beyond_noise(assets):
     model = load_teacher(str(assets / "reference-models" / "resnet2b.pth"), "cifar10", arch="resnet2b")
     data = load_split("cifar10", "test", source=str(assets / "cifar10-test-first1017.npz")).subset(100, seed=0)

@@ -76,6 +76,7 @@ def test_tensorboard_missing_fails_before_training(tmp_path, test_npz, monkeypat
     assert not (tmp_path / "runs").exists()                                # nothing was started
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_student(tmp_path, test_npz, monkeypatch):
     kw = dict(overrides={"teacher": "random:resnet8", "epochs": 3})
     full = run(_req(tmp_path, test_npz, run_name="full", **kw), log=lambda s: None)

@@ -84,6 +84,7 @@ def test_student_batches_are_augmented_and_seeded():
         assert any(torch.equal(img, v) or torch.equal(img, v.flip(2)) for v in views)
 
 
+@pytest.mark.slow
 def test_student_augment_changes_training_and_resumes_exactly(tmp_path, test_npz):
     def req(name, resume=False, **over):
         return RunRequest(method="fast", dataset="cifar10", preset="smoke", seed=0, source=test_npz,

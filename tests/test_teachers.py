@@ -7,6 +7,7 @@ import torch
 from dfrd_bench.teachers import TeacherError, bundled_teachers, load_teacher
 
 
+@pytest.mark.slow
 def test_robustbench_checkpoint_in_model_dir_is_used_without_download(tmp_path, monkeypatch):
     monkeypatch.setenv("DFRD_OFFLINE", "1")
     from dfrd_bench._compat import import_robustbench
@@ -45,6 +46,7 @@ def test_bundled_teachers_match_their_cards():
         assert model.arch == card["arch"]
 
 
+@pytest.mark.slow
 def test_bundled_cpu_teacher_is_robust_on_real_images(assets):
     cards = bundled_teachers()
     if not cards:
