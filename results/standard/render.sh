@@ -8,9 +8,11 @@ S=results/standard
 T=results/teachers
 dfrd-bench table --table 1,claims --attacks all --ci --results $S/runs --results $T --into results/README.md
 dfrd-bench table --table 3 --attacks clean,pgd20 --ci --results $S/runs --out $S/table3.md
-dfrd-bench table --table 6,7,8,9 --attacks all --results $S/quick/runs --out $S/quick/tables.md
+if [ -d $S/quick/runs ]; then    # the quick-scale tables exist once their first run has finished
+  dfrd-bench table --table 6,7,8,9 --attacks all --results $S/quick/runs --out $S/quick/tables.md
+fi
 dfrd-bench table --table 1,3,runs --attacks all --ci --format latex --results $S/runs --results $T --out $S/tables.tex
-dfrd-bench table --table runs --results $S/runs --results $S/quick/runs --out $S/runs.md
+dfrd-bench table --table runs --results $S/runs $( [ -d $S/quick/runs ] && echo --results $S/quick/runs ) --out $S/runs.md
 dfrd-bench table --table 1 --attacks all --paper --results $S/runs --results $T --out $S/table1-vs-paper.md
 dfrd-bench plot --results $S/runs --results $T --out $S/figures || true      # a figure without its runs is skipped
-dfrd-bench plot --figure 5 --results $S/quick/runs --out $S/quick/figures || true
+[ -d $S/quick/runs ] && dfrd-bench plot --figure 5 --results $S/quick/runs --out $S/quick/figures || true
