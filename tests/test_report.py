@@ -123,6 +123,7 @@ def test_method_tables_mark_significance_against_the_best_baseline_and_show_cost
     text = render_markdown(table)
     assert "39.00 ± 2.83 ▲" in text and "11.20 †" in text and "| 20 | 4 |" in text
     assert "bootstrap of the difference" in text
+    assert "one seed tests test-image noise only" in text               # CMI and ZSKT have one seed here
     assert "blacktriangle" in render_latex(table)
     (plain,) = build_tables("1", results, attacks=["pgd20"])           # without --ci: no test is run
     assert not any(r.significance for r in plain.blocks[0][1])

@@ -19,6 +19,7 @@ from ..method import method_info
 from .tables import (ATTACK_LABELS, FERD_READING, METHOD_TABLE_OF, SIGNIFICANCE_LEVEL, TABLES, BuiltRow, evaluations_of,
                      best_baseline, build_table_for, method_label, student_family)
 
+ONE_SEED = "; with one seed the interval holds test-image noise only, not seed-to-seed spread"
 METRIC_WORDS = {"worst": "worst-class", "worst10": "worst-10%", "nsd": "NSD", "avg": "average"}
 
 
@@ -50,7 +51,7 @@ class Comparison:
         t = self.test
         return (f"{self.a_label} {f(self.a_mean)} against {self.b_label} {f(self.b_mean)}: "
                 f"{'+' if t['diff'] >= 0 else ''}{f(t['diff'])} [{f(t['low'])}, {f(t['high'])}] "
-                f"({self.n[0]} and {self.n[1]} seeds) — {self.verdict}")
+                f"({self.n[0]} and {self.n[1]} seeds{ONE_SEED if 1 in self.n else ''}) — {self.verdict}")
 
 
 def compare(a: Sequence[Run], b: Sequence[Run], attack: str, metric: str, a_label: str, b_label: str,

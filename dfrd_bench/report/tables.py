@@ -399,6 +399,9 @@ def _notes(table: BuiltTable, setup: Setup, runs: List[Run], paper: bool, ci: bo
             notes.append(f"† the best baseline of the column ({proposed} excluded); ▲ / ▼ significantly better / worse than "
                          "it at 95%: percentile bootstrap of the difference of seed means, resampling seeds and then "
                          "test images per class on each side independently (4,000 draws; `metrics.bootstrap_difference`).")
+            if any(r.seeds == 1 for _, rows in table.blocks for r in rows):
+                notes.append("A mark on a row with one seed tests test-image noise only: seed-to-seed spread, often larger, "
+                             "is not in it until a row has several seeds.")
     if table.cost:
         notes.append("CPU-min: training and evaluation cost of one run (process CPU time over all threads; wall-clock "
                      "x threads for results that do not record it), mean over seeds, so robustness per unit of compute "
