@@ -11,7 +11,7 @@ Every function is a thin layer over what the CLI calls, so a result made here is
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Optional, Union
 
 from .report.collect import Folders, load_runs
 
@@ -25,22 +25,14 @@ def run(method: str, dataset: str = "cifar10", preset: str = "quick", seed: int 
     <out>/<run>/result.json). Keyword arguments are RunRequest fields (source, data_root, out, run_name,
     resume, device, model_dir, tensorboard) or any setting `--set` takes (teacher, student, epochs,
     gamma, ...), with Python values: `run("ferd", preset="smoke", teacher="random:resnet8", gamma=0.1)`."""
-    from .config import parse_overrides
+    from .config import parse_overrides, setting_text
     from .runner import RunRequest, run as run_request
 
     request = {k: settings.pop(k) for k in _REQUEST_KEYS if k in settings}
     # the same parsing as --set, so 8/255 or "on" mean what they mean on the command line
-    overrides = parse_overrides([f"{k}={_setting_text(v)}" for k, v in settings.items()])
+    overrides = parse_overrides([f"{k}={setting_text(v)}" for k, v in settings.items()])
     req = RunRequest(method=method, dataset=dataset, preset=preset, seed=seed, overrides=overrides, **request)
     return run_request(req, log=log or print)
-
-
-def _setting_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    return str(value)
 
 
 def load_model(spec: str, dataset: str = "cifar10", *, arch: Optional[str] = None, layout: Optional[str] = None,

@@ -207,6 +207,14 @@ class Config(Mapping[str, Any]):
         return Config({**self._values, **changes})
 
 
+def setting_text(value: Any) -> str:
+    """A Python or YAML value as `--set` text (parsed back by parse_overrides): booleans as
+    true/false, None as null, anything else as str()."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "null" if value is None else str(value)
+
+
 def parse_overrides(items: Iterable[str]) -> Dict[str, Any]:
     """['a=1', 'b=true', 'c=8/255'] -> {'a': 1, 'b': True, 'c': '8/255'} (typed later against defaults)."""
     out: Dict[str, Any] = {}

@@ -8,7 +8,7 @@ the synthetic sample grid where TensorBoard users look for them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 

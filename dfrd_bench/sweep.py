@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .config import ConfigError, parse_overrides, resolve_config
+from .config import ConfigError, parse_overrides, resolve_config, setting_text
 from .method import get_method, plugin_modules
 from .runner import RESULT_FILE, STATE_FILE, RunFolderBusy, RunRequest, run, run_name_for
 
@@ -86,24 +86,17 @@ def spec_from(data: Dict[str, Any]) -> SweepSpec:
 
     if not data.get("methods") or not data.get("datasets"):
         raise ConfigError("a sweep needs methods and datasets (e.g. --method ferd,zskt --dataset cifar10)")
-    grid = {str(k): [_text(x) for x in (v if isinstance(v, list) else [v])] for k, v in (data.get("grid") or {}).items()}
-    fixed = {str(k): _text(v) for k, v in (data.get("set") or {}).items()}
+    grid = {str(k): [setting_text(x) for x in (v if isinstance(v, list) else [v])] for k, v in (data.get("grid") or {}).items()}
+    fixed = {str(k): setting_text(v) for k, v in (data.get("set") or {}).items()}
     cases = data.get("cases") or [{}]
     if not isinstance(cases, list) or not all(isinstance(c, dict) for c in cases):
         raise ConfigError("cases: a list of mappings of settings, e.g. [{fae: false}, {utae: false}]")
-    cases = [{str(k): _text(v) for k, v in c.items()} for c in cases]
+    cases = [{str(k): setting_text(v) for k, v in c.items()} for c in cases]
     return SweepSpec(methods=listed("methods", []), datasets=listed("datasets", []),
                      students=listed("students", [None]), seeds=[int(s) for s in listed("seeds", [0])],
                      grid=grid, cases=cases, fixed=fixed, preset=data.get("preset", "quick"), out=data.get("out", "runs"),
                      source=data.get("source"), data_root=data.get("data_root"), teacher=data.get("teacher"),
                      device=data.get("device", "auto"))
-
-
-def _text(value: Any) -> str:
-    """A sweep value as `--set` text: YAML's booleans back to true/false, None to null."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return "null" if value is None else str(value)
 
 
 def plan(spec: SweepSpec) -> List[PlannedRun]:

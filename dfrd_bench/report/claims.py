@@ -174,8 +174,9 @@ def claims_section(results: Folders) -> str:
             continue
         any_setup = True
         worst = "worst10" if get_dataset_spec(setup.dataset).num_classes >= 100 else "worst"
+        blocks = _method_table_blocks(setup_runs)
         for student in sorted({r.student for r in setup_runs}, key=lambda a: (student_family(a) != "resnet18", a)):
-            rows = _method_table_rows(setup_runs, student)
+            rows = blocks.get(student, [])
             out.append(f"*{setup.dataset}, teacher `{setup.teacher}`, preset `{setup.preset}`, defaults "
                        f"v{setup.defaults_version}, student {student}:*")
             out.append("")
@@ -188,9 +189,9 @@ def claims_section(results: Folders) -> str:
     return "\n".join(out) + "\n"
 
 
-def _method_table_rows(runs: Sequence[Run], student: str) -> List[BuiltRow]:
-    """The rows of the method table (1, 2 or 5) for `student`, built from this setup's runs: what
+def _method_table_blocks(runs: Sequence[Run]) -> Dict[str, List[BuiltRow]]:
+    """The rows of the method table (1, 2 or 5) per student, built once from this setup's runs: what
     'the best baseline' of a column is, the same as in the table."""
     spec = TABLES.get(METHOD_TABLE_OF.get(runs[0].result["dataset"], "1"))
     table = build_table_for(spec, runs[0].setup, list(runs), ATTACK_ORDER)
-    return next((rows for block, rows in table.blocks if block == student), [])
+    return dict(table.blocks)
