@@ -383,3 +383,12 @@ def test_runs_made_under_other_defaults_are_never_in_one_table(results):
     cmi_means = sorted(r.cells[("pgd20", "avg")].mean for t in tables for r in t.blocks[0][1] if r.label == "CMI")
     assert cmi_means == [pytest.approx(11.2), pytest.approx(30.0)]  # not averaged together as two seeds
     assert any(f"defaults v{DEFAULTS_VERSION}" in n for t in tables for n in t.notes)
+
+
+def test_rerendering_unchanged_results_gives_byte_identical_figures(results, tmp_path):
+    # so that committing a re-rendered benchmark shows only the figures whose runs changed
+    first = plot(["1"], results, tmp_path / "a")
+    second = plot(["1"], results, tmp_path / "b")
+    assert first and [p.read_bytes() for p in first] == [p.read_bytes() for p in second]
+    pdf = next(p for p in first if p.suffix == ".pdf")
+    assert b"/CreationDate" not in pdf.read_bytes()  # a date would differ between renders a second apart

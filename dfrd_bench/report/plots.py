@@ -46,7 +46,10 @@ def _save(fig, out: Path, name: str) -> List[Path]:
     for ext in ("png", "pdf"):
         path = out / f"{name}.{ext}"
         tmp = path.with_suffix(f".tmp.{ext}")
-        fig.savefig(tmp, dpi=130, bbox_inches="tight")
+        # No creation date in the PDF: re-rendering unchanged results gives byte-identical files, so a
+        # commit of the benchmark shows only the figures whose runs changed.
+        metadata = {"CreationDate": None} if ext == "pdf" else None
+        fig.savefig(tmp, dpi=130, bbox_inches="tight", metadata=metadata)
         tmp.replace(path)  # atomic: a reader never sees half a figure
         paths.append(path)
     _plt().close(fig)
