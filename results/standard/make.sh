@@ -30,7 +30,8 @@ worker() {
 }
 pids=()
 for w in $(seq "${WORKERS:-1}"); do
-  worker > "$S/logs/worker-$w.log" 2>&1 &
+  # appended, so a resumed benchmark keeps every session's log
+  { echo "=== $(date -u +%FT%TZ) worker $w, commit $(git rev-parse --short HEAD 2>/dev/null)"; worker; } >> "$S/logs/worker-$w.log" 2>&1 &
   pids+=($!)
   sleep 20   # the next worker then finds the first point's folder locked and takes the one after
 done

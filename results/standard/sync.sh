@@ -15,3 +15,7 @@ for sub in runs quick/runs; do
 done
 mkdir -p results/standard/logs
 cp "$SRC"/results/standard/logs/*.log results/standard/logs/ 2>/dev/null || true
+# Which classes each run's synthetic pool holds (needs the state.pt files, which only the worktree keeps)
+python3 results/standard/pool_coverage.py "$SRC"/results/standard/runs \
+  --teacher-eval results/teachers/cpu-resnet20-cifar10.json \
+  --out results/standard/pool-coverage.json --md results/standard/pool-coverage.md
