@@ -16,3 +16,16 @@ dfrd-bench table --table runs --results $S/runs $( [ -d $S/quick/runs ] && echo 
 dfrd-bench table --table 1 --attacks all --paper --results $S/runs --results $T --out $S/table1-vs-paper.md
 dfrd-bench plot --results $S/runs --results $T --out $S/figures || true      # a figure without its runs is skipped
 [ -d $S/quick/runs ] && dfrd-bench plot --figure 5 --results $S/quick/runs --out $S/quick/figures || true
+# How far the benchmark is: finished runs per sweep file (from the result JSONs present here)
+{
+  echo "| sweep file | students | runs | finished |"
+  echo "|--|--|--:|--:|"
+  for spec in "table1.yaml --student resnet8" "table1.yaml --student mobilenetv2-x0.25-s2" table3.yaml \
+              quick-ablations.yaml table8.yaml; do
+    set -- $spec
+    line=$(dfrd-bench sweep $S/$1 "${@:2}" --dry-run | head -n 1)   # "sweep: N runs (F finished, ...)"
+    total=$(sed -E 's/^sweep: ([0-9]+) runs.*/\1/' <<<"$line")
+    done_=$(sed -E 's/.*\(([0-9]+) finished.*/\1/' <<<"$line")
+    echo "| [$1]($1) | ${3:-resnet8} | $total | $done_ |"
+  done
+} > $S/progress.md
