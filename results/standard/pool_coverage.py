@@ -24,7 +24,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -60,22 +60,45 @@ def coverage(run: Path, teachers: Dict[str, torch.nn.Module]) -> Dict[str, Any]:
         teachers[key] = load_teacher(result["teacher"]["spec"], result["dataset"])
     teacher = teachers[key]
     num_classes = get_dataset_spec(result["dataset"]).num_classes
-    hard = torch.zeros(num_classes, dtype=torch.float64)
+    labels = state["pool"]["labels"]
     soft = torch.zeros(num_classes, dtype=torch.float64)
+    predicted = []
     with in_eval_mode(teacher):
         for chunk in images.split(512):
             probs = teacher(chunk.float().div(255.0)).softmax(1).double()
-            hard += torch.bincount(probs.argmax(1), minlength=num_classes).double()
+            predicted.append(probs.argmax(1))
             soft += probs.sum(0)
-    hard, soft = (hard / len(images)).tolist(), (soft / len(images)).tolist()
+    predicted = torch.cat(predicted)
+    hard = (torch.bincount(predicted, minlength=num_classes).double() / len(images)).tolist()
+    soft = (soft / len(images)).tolist()
+    # the generator's own labels (the class it was asked for; -1 where a method keeps none): how often
+    # does the teacher agree with them, per asked-for class?
+    agreement, overall = None, None
+    if bool((labels >= 0).all()):
+        overall = float((predicted == labels).double().mean())
+        asked = torch.bincount(labels, minlength=num_classes).double()
+        agreed = torch.bincount(labels[predicted == labels], minlength=num_classes).double()
+        agreement = torch.where(asked > 0, agreed / asked.clamp_min(1), torch.full_like(asked, float("nan"))).tolist()
+    weights = next((e["gen/p"] for e in reversed(result["history"]) if "gen/p" in e), None)  # FERD's class weights
     clean = result["attacks"]["clean"]["per_class"]
     return {
-        "run": run.name, "method": result["method"], "student": result["student"]["arch"], "seed": result["seed"],
+        "run": run.name, "method": result["method"],
+        "settings": ", ".join(f"{k}={v}" for k, v in result.get("overrides", {}).items() if k not in ("student", "teacher")), "student": result["student"]["arch"], "seed": result["seed"],
         "pool": len(images), "hard_share": hard, "soft_share": soft, "clean_per_class": clean,
+        "label_agreement": agreement, "overall_agreement": overall, "last_class_weights": weights,
         "rarest_class": min(range(num_classes), key=hard.__getitem__),
         "worst_class": min(range(num_classes), key=clean.__getitem__),
         "spearman_share_vs_clean": spearman(hard, clean),
     }
+
+
+def percent(value: Optional[float]) -> str:
+    return "–" if value is None else f"{100 * value:.0f} %"
+
+
+def run_label(r: Dict[str, Any]) -> str:
+    settings = f" ({r['settings']})" if r.get("settings") else ""
+    return f"{r['method']}{settings} {r['student']} s{r['seed']}"
 
 
 def markdown(rows: List[Dict[str, Any]], teacher_clean: List[float]) -> str:
@@ -85,17 +108,46 @@ def markdown(rows: List[Dict[str, Any]], teacher_clean: List[float]) -> str:
     what = "student / teacher clean" if teacher_clean else "student clean"
     lines = [
         f"| run | pool | rarest class: pool share ({what}) | worst class: pool share ({what}) "
-        "| largest pool share | Spearman (share, student clean) |",
-        "|--|--:|--|--|--:|--:|",
+        "| largest pool share | Spearman (share, student clean) | teacher agrees with the asked-for label |",
+        "|--|--:|--|--|--:|--:|--:|",
     ]
     for r in rows:
-        lines.append(f"| {r['method']} {r['student']} s{r['seed']} | {r['pool']} | {cell(r, r['rarest_class'])} "
+        lines.append(f"| {run_label(r)} | {r['pool']} | {cell(r, r['rarest_class'])} "
                      f"| {cell(r, r['worst_class'])} | {100 * max(r['hard_share']):.1f} % "
-                     f"| {r['spearman_share_vs_clean']:+.2f} |")
+                     f"| {r['spearman_share_vs_clean']:+.2f} "
+                     f"| {percent(r['overall_agreement'])} |")
     lines.append("")
     lines.append("Pool share: fraction of the run's synthetic pool that the teacher labels as the class "
-                 "(a uniform pool gives 10 %); clean: accuracy on the class over the full test split. Made by "
+                 "(a uniform pool gives 10 %); clean: accuracy on the class over the full test split; agreement: the fraction of the pool whose teacher label is the class the method generated it for (DFHL's labels are the teacher's own; – where a method keeps no labels). Made by "
                  "`results/standard/pool_coverage.py` from each run's `state.pt`.")
+    return "\n".join(lines) + "\n"
+
+
+def weights_markdown(rows: List[Dict[str, Any]], teacher_pgd: List[float]) -> str:
+    """FERD's last-epoch class weights p against what they could be tracking: the generator's failure
+    to make the class (1 - the teacher's agreement with the asked-for label, on the synthetic pool) and
+    the teacher's real robustness on the class (its PGD-20 error on the test split)."""
+    ferd = [r for r in rows if r["last_class_weights"] and r["label_agreement"]
+            and max(r["last_class_weights"]) > min(r["last_class_weights"])]  # reweight=false keeps p uniform
+    if not ferd:
+        return ""
+    lines = [
+        "| run | largest weights p (class: p, teacher agrees with the asked-for label) | smallest weight "
+        "| Spearman (p, generator failure) | Spearman (p, teacher PGD-20 error) |",
+        "|--|--|--|--:|--:|",
+    ]
+    for r in ferd:
+        p, agree = r["last_class_weights"], r["label_agreement"]
+        order = sorted(range(len(p)), key=p.__getitem__, reverse=True)
+        cell = lambda c: f"{c}: {p[c]:.3f}, {100 * agree[c]:.0f} %"  # noqa: E731
+        failure = [1 - a for a in agree]
+        vs_teacher = (f"{spearman(p, [100 - a for a in teacher_pgd]):+.2f}" if teacher_pgd else "–")
+        lines.append(f"| {run_label(r)} | {'; '.join(cell(c) for c in order[:3])} "
+                     f"| {cell(order[-1])} | {spearman(p, failure):+.2f} | {vs_teacher} |")
+    lines.append("")
+    lines.append("p: FERD's class sampling weights after its last epoch (uniform 0.100), from the run's history. "
+                 "Agreement: the fraction of the pool's images generated for the class that the teacher labels as "
+                 "the class. Teacher PGD-20 error: 100 - the teacher's PGD-20 accuracy on the class (test split).")
     return "\n".join(lines) + "\n"
 
 
@@ -109,7 +161,8 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     teachers: Dict[str, torch.nn.Module] = {}
     # a finished run's pool never changes: rows already in --out are kept, only new runs are labelled
-    known = {r["run"]: r for r in json.loads(args.out.read_text())} if args.out.exists() else {}
+    known = {r["run"]: r for r in json.loads(args.out.read_text())
+             if "overall_agreement" in r} if args.out.exists() else {}  # rows of an older version are redone
     rows = []
     for folder in args.runs:
         for run in sorted(p for p in folder.iterdir() if p.is_dir()):
@@ -123,14 +176,17 @@ def main() -> None:
             rows.append(coverage(run, teachers))
             print(f"{run.name}: rarest class {rows[-1]['rarest_class']}, "
                   f"Spearman {rows[-1]['spearman_share_vs_clean']:+.2f}", flush=True)
-    rows.sort(key=lambda r: (r["student"], r["method"], r["seed"]))
+    rows.sort(key=lambda r: (r["student"], r["method"], r.get("settings", ""), r["seed"]))
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text(json.dumps(rows, indent=1) + "\n")
     tmp.replace(args.out)
     if args.md:
-        teacher_clean = (json.loads(args.teacher_eval.read_text())["attacks"]["clean"]["per_class"]
-                         if args.teacher_eval else [])
-        args.md.write_text(markdown(rows, teacher_clean))
+        teacher = json.loads(args.teacher_eval.read_text())["attacks"] if args.teacher_eval else {}
+        teacher_clean = teacher.get("clean", {}).get("per_class", [])
+        teacher_pgd = teacher.get("pgd20", {}).get("per_class", [])
+        weights = weights_markdown(rows, teacher_pgd)
+        args.md.write_text(markdown(rows, teacher_clean)
+                           + (f"\n### FERD's class weights\n\n{weights}" if weights else ""))
 
 
 if __name__ == "__main__":
