@@ -23,7 +23,8 @@ dfrd-bench plot --results $S/runs --results $T --out $S/figures || true      # a
   for spec in "table1.yaml --student resnet8" "table1.yaml --student mobilenetv2-x0.25-s2" table3.yaml \
               quick-ablations.yaml table8.yaml; do
     set -- $spec
-    line=$(dfrd-bench sweep $S/$1 "${@:2}" --dry-run | head -n 1)   # "sweep: N runs (F finished, ...)"
+    plan=$(dfrd-bench sweep $S/$1 "${@:2}" --dry-run)   # first line: "sweep: N runs (F finished, ...)"
+    line=${plan%%$'\n'*}    # (no `| head`: under pipefail its early exit would fail the script)
     total=$(sed -E 's/^sweep: ([0-9]+) runs.*/\1/' <<<"$line")
     done_=$(sed -E 's/.*\(([0-9]+) finished.*/\1/' <<<"$line")
     echo "| [$1]($1) | ${3:-resnet8} | $total | $done_ |"
