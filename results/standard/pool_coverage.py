@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout's dfrd_bench
@@ -36,23 +37,11 @@ from dfrd_bench.teachers import load_teacher  # noqa: E402
 
 def spearman(a: List[float], b: List[float]) -> float:
     """Spearman's rank correlation (average ranks for ties)."""
-    def ranks(values: List[float]) -> torch.Tensor:
-        t = torch.tensor(values, dtype=torch.float64)
-        order = t.argsort()
-        r = torch.empty_like(t)
-        r[order] = torch.arange(len(t), dtype=torch.float64)
-        for v in t.unique():  # ties share their mean rank
-            same = t == v
-            r[same] = r[same].mean()
-        return r
-    ra, rb = ranks(a), ranks(b)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    return float((ra * rb).sum() / (ra.norm() * rb.norm()))
+    return float(pd.Series(a).corr(pd.Series(b), method="spearman"))
 
 
 @torch.no_grad()
-def coverage(run: Path, teachers: Dict[str, torch.nn.Module]) -> Dict[str, Any]:
-    result = json.loads((run / "result.json").read_text())
+def coverage(run: Path, result: Dict[str, Any], teachers: Dict[str, torch.nn.Module]) -> Dict[str, Any]:
     state = torch.load(run / "state.pt", map_location="cpu", weights_only=False)
     images = state["pool"]["images"]
     key = f"{result['teacher']['spec']}|{result['dataset']}"
@@ -158,22 +147,23 @@ def main() -> None:
     parser.add_argument("--md", type=Path, help="Markdown table to write")
     parser.add_argument("--teacher-eval", type=Path, help="the teacher's evaluation JSON (per-class clean accuracy)")
     args = parser.parse_args()
+    # one thread unless asked: it runs beside the benchmark's workers
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     teachers: Dict[str, torch.nn.Module] = {}
     # a finished run's pool never changes: rows already in --out are kept, only new runs are labelled
-    known = {r["run"]: r for r in json.loads(args.out.read_text())
-             if "overall_agreement" in r} if args.out.exists() else {}  # rows of an older version are redone
+    known = {r["run"]: r for r in json.loads(args.out.read_text())} if args.out.exists() else {}
     rows = []
     for folder in args.runs:
         for run in sorted(p for p in folder.iterdir() if p.is_dir()):
             if not (run / "result.json").exists() or not (run / "state.pt").exists():
                 continue  # unfinished, or its state was not kept
-            if json.loads((run / "result.json").read_text())["method"] == "zskt":
-                continue  # no pool to inspect
             if run.name in known:
                 rows.append(known[run.name])
                 continue
-            rows.append(coverage(run, teachers))
+            result = json.loads((run / "result.json").read_text())
+            if result["method"] == "zskt":
+                continue  # no pool to inspect
+            rows.append(coverage(run, result, teachers))
             print(f"{run.name}: rarest class {rows[-1]['rarest_class']}, "
                   f"Spearman {rows[-1]['spearman_share_vs_clean']:+.2f}", flush=True)
     rows.sort(key=lambda r: (r["student"], r["method"], r.get("settings", ""), r["seed"]))
