@@ -155,11 +155,13 @@ def main() -> None:
     rows = []
     for folder in args.runs:
         for run in sorted(p for p in folder.iterdir() if p.is_dir()):
-            if not (run / "result.json").exists() or not (run / "state.pt").exists():
-                continue  # unfinished, or its state was not kept
-            if run.name in known:
+            if not (run / "result.json").exists():
+                continue  # unfinished
+            if run.name in known:   # checked first: a row outlives the state.pt it was made from
                 rows.append(known[run.name])
                 continue
+            if not (run / "state.pt").exists():
+                continue  # its state was not kept
             result = json.loads((run / "result.json").read_text())
             if result["method"] == "zskt":
                 continue  # no pool to inspect
