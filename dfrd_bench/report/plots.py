@@ -42,6 +42,7 @@ def _plt():
 
 def _save(fig, out: Path, name: str) -> List[Path]:
     out.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()  # side-by-side panels otherwise overlap one panel's y label with its neighbour
     paths = []
     for ext in ("png", "pdf"):
         path = out / f"{name}.{ext}"
