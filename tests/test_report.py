@@ -150,6 +150,18 @@ def test_claims_answer_each_question_with_its_interval(results, tmp_path):
     robust = next(line for line in text.splitlines() if "that class's robustness" in line)
     assert "**yes**" in robust and "+20.0" in robust
     assert "no FERD without UTAEs (`utae=false`, Table 3) run" in text   # said, not guessed
+    # only CMI of the five baselines ran: the answers say they are against a partial field
+    partial = next(line for line in text.splitlines() if "*Partial*" in line)
+    assert "best of the 1 of 5 baselines with runs" in partial and "ZSKT, DeepInv, Fast, DFHL have none yet" in partial
+
+
+def test_claims_against_every_baseline_are_not_marked_partial(tmp_path):
+    from dfrd_bench.report.claims import claims_section
+
+    for m in ("ferd", "zskt", "cmi", "deepinv", "fast", "dfhl"):
+        write_result(_result(m), tmp_path / m / "result.json")
+    text = claims_section(tmp_path)
+    assert "PGD-20 worst-class" in text and "*Partial*" not in text
 
 
 def test_best_is_bold_and_second_underlined(results):

@@ -84,6 +84,14 @@ def _head_to_head(runs: Sequence[Run], table_rows: Sequence[BuiltRow], student: 
     ferd = _ferd_rows(runs, student)
     if not ferd:
         return [f"- FERD against the baselines: no run of FERD's default for {student} in this setup."]
+    baselines = [r for r in table_rows if not method_info(r.method).proposed]
+    absent = [method_label(r.method) for r in baselines if r.seeds == 0]
+    if absent and len(absent) < len(baselines):
+        # 'the best baseline' of a partial table is the best of those that ran: a 'yes' can turn into a
+        # 'no' when the others land, so say so beside the answers rather than let them read as final
+        lines.append(f"- *Partial*: the best baseline below is the best of the {len(baselines) - len(absent)} of "
+                     f"{len(baselines)} baselines with runs; {', '.join(absent)} {'has' if len(absent) == 1 else 'have'} none yet, so these answers "
+                     f"can change when they land.")
     for attack in ("pgd20", "aa"):
         for metric in (worst, "nsd"):
             column = (attack, metric)
