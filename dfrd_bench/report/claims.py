@@ -89,8 +89,9 @@ def _head_to_head(runs: Sequence[Run], table_rows: Sequence[BuiltRow], student: 
     if absent and len(absent) < len(baselines):
         # 'the best baseline' of a partial table is the best of those that ran: a 'yes' can turn into a
         # 'no' when the others land, so say so beside the answers rather than let them read as final
+        verb = "has" if len(absent) == 1 else "have"
         lines.append(f"- *Partial*: the best baseline below is the best of the {len(baselines) - len(absent)} of "
-                     f"{len(baselines)} baselines with runs; {', '.join(absent)} {'has' if len(absent) == 1 else 'have'} none yet, so these answers "
+                     f"{len(baselines)} baselines with runs; {', '.join(absent)} {verb} none yet, so these answers "
                      f"can change when they land.")
     for attack in ("pgd20", "aa"):
         for metric in (worst, "nsd"):
