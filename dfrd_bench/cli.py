@@ -271,6 +271,31 @@ def eval_cmd(model_spec, arch, layout, normalize, model_dir, dataset, source, da
         Path(resume_file).unlink(missing_ok=True)
 
 
+@main.command("outcomes")
+@click.argument("results", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--attacks", default="clean,fgsm,pgd20,cw", show_default=True,
+              help="attacks whose per-image outcomes to add (comma list or 'all')")
+@click.option("--data-root", default=None, envvar="DFRD_DATA", help="where the run's test split is found")
+@click.option("--device", default="auto", show_default=True)
+@friendly
+def outcomes_cmd(results, attacks, data_root, device) -> None:
+    """Add per-image outcomes to finished runs made before results recorded them (re-evaluates the run's
+    student with its recorded settings; numbers that differ are replaced and the old ones kept: docs/reporting.md)."""
+    from .evaluator import parse_attacks
+    from .outcomes import add_outcomes
+
+    names = parse_attacks(attacks)
+    for i, path in enumerate(results, 1):
+        report = add_outcomes(path, names, device=device, data_root=data_root,
+                              log=lambda line: click.echo(f"  {line}", err=True))
+        if not report:
+            click.echo(f"[{i}/{len(results)}] {path}: outcomes already there")
+            continue
+        parts = [f"{a} {'same numbers' if r['matched'] else str(r['images_changed']) + ' images changed'}"
+                 for a, r in report.items()]
+        click.echo(f"[{i}/{len(results)}] {path}: " + ", ".join(parts))
+
+
 # ---------------------------------------------------------------------------------------------- run
 @main.command("run")
 @click.option("--method", required=True, help="a registered method (see `list methods`)")

@@ -31,7 +31,7 @@ from .errors import DfrdError
 from .attacks import ATTACK_ORDER, ATTACKS, BATCH_DRAWS, AttackSettings
 from .data import ImageSet
 from .eval_progress import AttackCursor, EvalProgress, evaluation_identity
-from .metrics import summarize
+from .metrics import encode_outcomes, summarize
 from .modes import frozen
 from .utils import pick_device, progress
 
@@ -108,6 +108,31 @@ def check_finite_model(model: torch.nn.Module, what: str = "the model") -> None:
                               "corrupt, so no result is written (retrain with a lower learning rate)")
 
 
+PROBE_IMAGES = 8  # images of the evaluation data that check_finite_outputs feeds the model
+
+
+def probe_images(data: ImageSet, n: int = PROBE_IMAGES) -> torch.Tensor:
+    """The first `n` images of `data` as float32 [0,1] NCHW: the probe batch of check_finite_outputs."""
+    return torch.from_numpy(data.x[:n].copy()).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
+
+
+def check_finite_outputs(model: torch.nn.Module, x_probe: torch.Tensor, what: str = "the model") -> None:
+    """Refuse a model whose outputs (in eval mode) on a probe batch are NaN or infinite: finite but
+    huge weights can overflow every logit, and argmax of NaN is class 0 (a chance-level 'result')."""
+    if not len(x_probe):
+        return
+    dev = next((t.device for t in list(model.parameters()) + list(model.buffers())), x_probe.device)
+    with frozen(model), torch.no_grad():
+        out = model(x_probe.to(dev))
+    bad = int((~torch.isfinite(out.detach().float())).sum())
+    if bad:
+        from .errors import DivergenceError
+
+        raise DivergenceError(f"{what} gives {bad:,} non-finite outputs of {out.numel():,} on {len(x_probe)} probe "
+                              "images: it diverged (its weights overflow), so no result is written (retrain with a "
+                              "lower learning rate)")
+
+
 def evaluate(
     model: torch.nn.Module,
     data: ImageSet,
@@ -141,6 +166,7 @@ def evaluate(
     check_finite_model(model)
     if len(data) == 0:
         raise EvaluationError("the evaluation data holds no image: check --source / --limit")
+    check_finite_outputs(model, probe_images(data))
     for name, n in (attack_limits or {}).items():
         if n is not None and n < 1:
             raise EvaluationError(f"the {name} subset must hold at least 1 image, got {n}")
@@ -154,6 +180,7 @@ def evaluate(
     if tracker.resumed and log is not None:
         log(f"resuming evaluation: {tracker.describe()}")
     results: Dict[str, Any] = {}
+    images_sha: Dict[str, str] = {}
     x_all, y_all = data.tensors()
     with frozen(model), channels_last(model, enabled=settings.channels_last):
         for name in names:
@@ -169,7 +196,7 @@ def evaluate(
                              shard if name in BATCH_DRAWS else None)
                 if name == "clean" and subset is None:
                     tracker.clean_pred = cursor.pred.clone()  # reused by the attacks that follow
-                entry = _entry(y, cursor, num_classes, subset)
+                entry = _entry(y, cursor, num_classes, subset, _images_sha256(subset, data, images_sha))
                 tracker.attack_done(name, entry)
                 if log is not None:
                     attacked = "" if name == "clean" else f"{entry['attacked']} attacked, "
@@ -230,9 +257,23 @@ def _run_batches(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Te
     cursor.seconds = time.time() - t0
 
 
-def _entry(y: torch.Tensor, cursor: AttackCursor, num_classes: int, subset: Optional[ImageSet]) -> Dict[str, Any]:
-    """One attack's metrics from a finished cursor."""
+def _images_sha256(subset: Optional[ImageSet], data: ImageSet, cache: Dict[str, str]) -> str:
+    """The identity of the images evaluated, in order (what makes two evaluations' outcomes pair);
+    the whole split's is computed once per evaluation."""
+    from .data.sources import content_sha256
+
+    if subset is not None:
+        return content_sha256(subset.x, subset.y)
+    if "split" not in cache:
+        cache["split"] = content_sha256(data.x, data.y)
+    return cache["split"]
+
+
+def _entry(y: torch.Tensor, cursor: AttackCursor, num_classes: int, subset: Optional[ImageSet],
+           images_sha256: str) -> Dict[str, Any]:
+    """One attack's metrics from a finished cursor, with its per-image outcomes (metrics.encode_outcomes)."""
     entry = summarize(y.numpy(), cursor.pred.numpy(), num_classes)
+    entry["outcomes"] = encode_outcomes(y.numpy(), (cursor.pred == y).numpy(), num_classes, images_sha256)
     entry["seconds"] = round(cursor.seconds, 2)
     entry["max_linf"] = cursor.max_linf
     entry["attacked"] = int(cursor.attacked.sum())

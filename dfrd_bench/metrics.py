@@ -14,10 +14,13 @@ reported as null.
 """
 from __future__ import annotations
 
+import base64
 import math
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+OUTCOMES_FORMAT = "per-class-bitset/1"
 
 
 def confusion_matrix(y: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -81,6 +84,35 @@ def summarize(y: np.ndarray, pred: np.ndarray, num_classes: int) -> Dict[str, An
         "confusion": conf.astype(int).tolist(),
     }
     out.update(target_entropy(conf))
+    return out
+
+
+def encode_outcomes(y: np.ndarray, correct: np.ndarray, num_classes: int, images_sha256: str) -> Dict[str, Any]:
+    """Which images an attack left correct, per class: class c's images in evaluation order, one bit each
+    (numpy packbits, big-endian), base64. Two evaluations with the same `images_sha256` (the decoded
+    pixels and labels evaluated, in order) hold the same images in the same order, so their bits pair."""
+    y = np.asarray(y, dtype=np.int64)
+    correct = np.asarray(correct, dtype=bool)
+    bits = [base64.b64encode(np.packbits(correct[y == c]).tobytes()).decode("ascii") for c in range(num_classes)]
+    return {"format": OUTCOMES_FORMAT, "images_sha256": images_sha256,
+            "order": "class by class; within a class, the evaluation order", "bits": bits}
+
+
+def decode_outcomes(outcomes: Dict[str, Any], per_class_n: Sequence[int]) -> List[np.ndarray]:
+    """The per-class boolean arrays of `encode_outcomes` (lengths per_class_n); ValueError on a malformed
+    block, so a corrupt result is refused rather than read as other numbers."""
+    if not isinstance(outcomes, dict) or outcomes.get("format") != OUTCOMES_FORMAT:
+        raise ValueError(f"outcomes are not in the {OUTCOMES_FORMAT} format")
+    bits = outcomes.get("bits")
+    if not isinstance(bits, list) or len(bits) != len(per_class_n):
+        raise ValueError(f"outcomes hold {len(bits) if isinstance(bits, list) else 'no'} classes, "
+                         f"the entry {len(per_class_n)}")
+    out = []
+    for text, n in zip(bits, per_class_n):
+        raw = np.frombuffer(base64.b64decode(text, validate=True), dtype=np.uint8)
+        if len(raw) != (int(n) + 7) // 8:
+            raise ValueError(f"outcome bits of a class with {n} images have {len(raw)} bytes")
+        out.append(np.unpackbits(raw)[: int(n)].astype(bool))
     return out
 
 
