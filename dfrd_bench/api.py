@@ -94,11 +94,17 @@ def load_results(folders: Folders) -> "pandas.DataFrame":  # noqa: F821
     defaults_version), the run (method, variant, settings: the method settings changed with --set, as
     text; student, seed, run_dir), the attack and its run-level metrics (n, avg, worst, worst10, nsd,
     target_entropy_norm), the class (class_index, class_name, class_n, accuracy in percent) and the
-    run's cost (train_seconds, eval_seconds, threads, device)."""
+    run's cost (train_seconds, eval_seconds, threads, device). A file that should be a result and
+    fails validation (docs/results-schema.md) is left out with a warning naming it and the reason."""
+    import warnings
+
     import pandas as pd
 
     from .data.specs import get_dataset_spec
+    from .report.collect import unreadable_results
 
+    for path, reason in unreadable_results(folders):
+        warnings.warn(f"load_results: skipped {path}: {reason}", stacklevel=2)
     rows = []
     for r in load_runs(folders):
         setup = r.setup

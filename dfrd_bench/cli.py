@@ -19,15 +19,25 @@ def friendly(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from .errors import INPUT_OS_ERRORS, DfrdError, debug_enabled
+        import errno
+
+        from .errors import INPUT_OS_ERRORS, DfrdError, WriteError, debug_enabled
+        from .utils import write_error
 
         try:
-            return fn(*args, **kwargs)
+            try:
+                return fn(*args, **kwargs)
+            except OSError as exc:  # a full or read-only disk anywhere (a figure, an image): not a bug
+                if isinstance(exc, DfrdError) or exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                    raise
+                raise write_error(exc.filename or "a file", exc) from exc
         except click.ClickException:
             raise
         except (DfrdError,) + INPUT_OS_ERRORS as exc:
             ctx = click.get_current_context(silent=True)
             if debug_enabled() or (ctx is not None and ctx.find_root().params.get("debug")):
+                if isinstance(exc, WriteError) and isinstance(exc.__cause__, OSError):
+                    raise exc.__cause__
                 raise
             from .distributed import env_rank
 
@@ -245,6 +255,13 @@ def eval_cmd(model_spec, arch, layout, normalize, model_dir, dataset, source, da
                         ("--cw-steps", cw_steps), ("--batch-size", batch_size)):
         if value is not None and value < 1:
             raise click.BadParameter(f"must be at least 1, got {value}", param_hint=name)
+    from .config import MAX_BATCH, MAX_SEED
+
+    if batch_size > MAX_BATCH:
+        raise click.BadParameter(f"must be at most {MAX_BATCH}, got {batch_size} (a larger batch does not fit in "
+                                 "memory)", param_hint="--batch-size")
+    if not 0 <= seed <= MAX_SEED:
+        raise click.BadParameter(f"must be a whole number in [0, {MAX_SEED}], got {seed}", param_hint="--seed")
     if not 0 < eps <= 1:
         raise click.BadParameter(f"must be in (0, 1], got {eps:g} (images are in [0, 1]: write 8/255)", param_hint="--eps")
     for path in (out, resume_file):
@@ -348,6 +365,42 @@ def run_cmd(method, dataset, source, data_root, teacher, teacher_arch, teacher_l
         click.echo(f"wrote {Path(result['run_dir']) / 'result.json'}")
 
 
+# ---------------------------------------------------------------------------------------------- reproduce
+@main.command("reproduce")
+@click.argument("result_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", default=None, help="folder for the re-run's run folder (default: a new temporary folder; "
+                                          "never the original's)")
+@click.option("--device", default=None, help="default: the recorded device (cpu, cuda)")
+@click.option("--attacks", default=None, help="comma list of the recorded attacks to re-run (default: all of them)")
+@click.option("--source", default=None, help="the evaluation data (default: the recorded path; its sha256 must match)")
+@click.option("--data-root", default=None, envvar="DFRD_DATA", help="where datasets are looked for (default $DFRD_DATA)")
+@click.option("--model-dir", default=None, envvar="DFRD_MODELS", help="robustbench model folder")
+@click.option("--report", "report_file", default=None, metavar="FILE.json", help="also write the comparison as JSON")
+@click.option("--dry-run", is_flag=True, help="print what would run and the identity checks, without training")
+@friendly
+def reproduce_cmd(result_file, out, device, attacks, source, data_root, model_dir, report_file, dry_run) -> None:
+    """Re-run a run's RESULT_FILE from its recorded settings and compare every number with it.
+
+    The teacher checkpoint and the evaluation data must be the recorded ones (sha256); each number is
+    then bit-identical, within the committed seed spread, or outside it (docs/running.md)."""
+    from .reproduce import dry_run_text, markdown, plan, report, reproduce
+    from .store import check_writable
+    from .utils import atomic_write_json
+
+    if report_file and not dry_run:
+        check_writable(report_file)  # before the re-run, so that a read-only --report loses no work
+    planned = plan(Path(result_file), out=out, device=device, attacks=attacks, source=source, data_root=data_root,
+                   model_dir=model_dir)
+    if dry_run:
+        click.echo(dry_run_text(planned))
+        return
+    numbers, path = reproduce(planned, log=lambda line: click.echo(line, err=True))
+    click.echo(markdown(planned, numbers))
+    if report_file:
+        atomic_write_json(report_file, report(planned, numbers, path))
+        click.echo(f"wrote {report_file}")
+
+
 # ---------------------------------------------------------------------------------------------- bench
 @main.command("bench")
 @click.option("--method", required=True, help="a registered method (see `list methods`)")
@@ -438,8 +491,10 @@ def sweep_cmd(sweep_file, methods, datasets, students, seeds, grids, sets, prese
         click.echo(emit_lines(planned, emit))
         return
     counts = {s: sum(p.status == s for p in planned) for s in ("done", "resume", "new")}
+    merged = sum(len(p.merged) for p in planned)
     click.echo(f"sweep: {len(planned)} runs ({counts['done']} finished, {counts['resume']} to resume, "
-               f"{counts['new']} new)")
+               f"{counts['new']} new)" + (f"; {merged} grid point{'s' if merged != 1 else ''} with the same "
+                                          "resolved settings as another merged into it" if merged else ""))
     if dry_run:
         for p in planned:
             click.echo(f"  {p.status:6s} {p.run_dir}")
@@ -539,9 +594,14 @@ def table_cmd(which, attacks, fmt, results, paper, ci, out, into, strict) -> Non
 @friendly
 def plot_cmd(which, results, out, method) -> None:
     """The paper's figures from the result JSONs under --results, as PNG and PDF."""
+    from .report.collect import unreadable_results
     from .report.plots import FIGURES, plot
+    from .store import check_writable
 
     figures = list(FIGURES) if which == "all" else [f.strip() for f in which.split(",") if f.strip()]
+    check_writable(Path(out) / "figure.png")  # a read-only --out: one line before any figure is drawn
+    for path, reason in unreadable_results(list(results)):  # listed, not silently left out of the figures
+        click.echo(f"warning: could not read {path}: {reason}", err=True)
     written = plot(figures, results, out, method=method, log=click.echo)
     for path in written:
         click.echo(f"wrote {path}")
@@ -581,9 +641,11 @@ def teacher_train(arch, dataset, source, data_root, method, epochs, batch_size, 
                   attack_steps, trades_beta, val_size, limit_train, max_steps, seed, device, out, resume,
                   eval_attacks, eval_limit, aa_limit) -> None:
     """Adversarially train a teacher (resumable), then evaluate it on the test split."""
+    from .config import check_seed
     from .store import write_result
     from .teacher_training import TeacherTrainConfig, train_teacher
 
+    check_seed(seed, "--seed")  # now, not in the evaluation after training
     cfg = TeacherTrainConfig(arch=arch, dataset=dataset, source=source, data_root=data_root, method=method,
                              epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule,
                              weight_decay=weight_decay, eps=eps, step=step, attack_steps=attack_steps,

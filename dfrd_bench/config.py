@@ -147,11 +147,31 @@ def count(low: int = 1) -> Range:
     return Range(low, integer=True)
 
 
+# The largest batch a setting (or `eval --batch-size`) may ask for: 2**16 CIFAR images are 0.8 GB of
+# float32 input alone; a larger batch is a typo that would fail in the allocator.
+MAX_BATCH = 65536
+MAX_SEED = 2**32 - 1  # numpy's seed range
+
+
+def batch_range() -> Range:
+    return Range(1, MAX_BATCH, integer=True, hint=" (a larger batch does not fit in memory)")
+
+
+def check_seed(seed: Any, what: str = "seed") -> int:
+    """A seed as a whole number in [0, 2**32 - 1] (numpy's range), refused with one line otherwise:
+    before any training, not in numpy after it."""
+    if isinstance(seed, bool) or not isinstance(seed, int) and not (isinstance(seed, str) and seed.strip().isdigit()):
+        raise ConfigError(f"{what} must be a whole number >= 0, got {seed!r}")
+    if not 0 <= int(seed) <= MAX_SEED:
+        raise ConfigError(f"{what} must be a whole number in [0, {MAX_SEED}], got {seed!r}")
+    return int(seed)
+
+
 # The runner's settings; a method adds its own with `Method.ranges`. Every float setting must also be
 # finite, every whole-number setting whole (checked from the defaults' types).
 RUNNER_RANGES: Dict[str, Range] = {
-    "epochs": count(), "student_iters": count(), "gen_iters": count(0), "batch_size": count(),
-    "synthesis_batch_size": count(), "eval_batch_size": count(), "warmup_epochs": count(0),
+    "epochs": count(), "student_iters": count(), "gen_iters": count(0), "batch_size": batch_range(),
+    "synthesis_batch_size": batch_range(), "eval_batch_size": batch_range(), "warmup_epochs": count(0),
     "checkpoint_every_epochs": count(), "log_every_epochs": count(), "pool_max": count(),
     "eval_limit": count(), "aa_limit": count(),
     "eps": Range(0.0, 1.0, low_open=True, hint=" (images are in [0, 1]: write 8/255, not 8)"),

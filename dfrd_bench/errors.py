@@ -28,6 +28,10 @@ class UnknownName(DfrdError, KeyError):
     """A name (dataset, model, ...) the suite does not know; the message lists the close ones."""
 
 
+class WriteError(DfrdError, OSError):
+    """A file that could not be written (a full disk, a read-only folder); keeps the OSError's errno."""
+
+
 # Operating-system errors that a wrong path or permission causes (not bugs): also one line.
 INPUT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 

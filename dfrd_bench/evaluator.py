@@ -305,10 +305,12 @@ def evaluate_model(model: torch.nn.Module, model_block: Dict[str, Any], dataset:
     `teacher train` and the Python API write). progress_path makes the evaluation resumable (see
     `evaluate`); the caller removes it once the result is safe."""
     from .attacks import AttackSettings
+    from .config import check_seed
     from .data import load_split
     from .provenance import provenance
     from .utils import pick_device
 
+    seed = check_seed(seed, "--seed")
     data = load_split(dataset, "test", source, data_root).subset(limit, seed=seed)
     settings = AttackSettings(eps=eps, seed=seed, pgd_steps=pgd_steps, cw_steps=cw_steps)
     limits = {"aa": aa_limit} if aa_limit else {}

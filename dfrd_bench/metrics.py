@@ -162,31 +162,6 @@ def seed_and_image_draws(evaluations: Sequence[Evaluation], metric: str, draws: 
     return estimate, table[picks, np.arange(draws)[:, None]].mean(1)
 
 
-def bootstrap_difference(a: Sequence[Evaluation], b: Sequence[Evaluation], metric: str, draws: int = 4000,
-                         level: float = 0.95, seed: int = 0) -> Dict[str, float]:
-    """Percentile bootstrap interval of metric(a) - metric(b), each the mean over its seeds.
-
-    The two sides are resampled independently (seeds, then test images per class:
-    `seed_and_image_draws`); pairing the images would be sharper but needs per-image results, which a
-    result file does not keep, so this test is conservative for attacks on shared images. The
-    difference is significant at `level` when the interval excludes 0. Draws whose NSD is undefined
-    (a mean accuracy of 0) are dropped. Returns {'a', 'b' (the two seed means), 'diff', 'low', 'high',
-    'significant', 'level', 'draws'}.
-    """
-    rng = np.random.default_rng(seed)
-    ea, da = seed_and_image_draws(a, metric, draws, rng)
-    eb, db = seed_and_image_draws(b, metric, draws, rng)
-    diff = da - db
-    diff = diff[~np.isnan(diff)]
-    if not len(diff):
-        return {"a": ea, "b": eb, "diff": float("nan"), "low": float("nan"), "high": float("nan"),
-                "significant": False, "level": level, "draws": 0}
-    tail = (1.0 - level) / 2.0 * 100.0
-    low, high = np.percentile(diff, [tail, 100.0 - tail])
-    return {"a": ea, "b": eb, "diff": ea - eb, "low": float(low), "high": float(high), "significant": bool(low > 0 or high < 0),
-            "level": level, "draws": int(len(diff))}
-
-
 def bootstrap_worst(evaluations: Sequence[Evaluation],
                     fraction: Optional[float] = None, draws: int = 2000, level: float = 0.95,
                     seed: int = 0) -> Dict[str, float]:

@@ -35,16 +35,16 @@ from .acceleration import Accelerator
 from .attacks import AttackSettings
 from .checkpoints import save_model, sha256_file, weights_sha256
 from .augment import random_crop_flip
-from .config import DEFAULTS_VERSION, STUDENT_SCHEDULES, Config, resolve_config, student_steps
+from .config import DEFAULTS_VERSION, STUDENT_SCHEDULES, Config, check_seed, resolve_config, student_steps
 from .data import get_dataset_spec, load_split
 from .distributed import EvalShard, World, session
 from .epoch_log import epoch_line, open_tensorboard, require_tensorboard
 from .errors import DfrdError, DivergenceError, first_line
-from .evaluator import evaluate, non_finite_parameters, parse_attacks
+from .evaluator import check_finite_outputs, evaluate, non_finite_parameters, parse_attacks, probe_images
 from .method import Batch, Method, MethodContext, Samples, check_teacher, get_method
 from .models import build_model, count_parameters
 from .pool import SamplePool
-from .provenance import provenance
+from .provenance import provenance, session_record
 from .store import read_result, write_result
 from .teachers import describe_spec, load_teacher
 from .utils import atomic_torch_save, progress, seed_everything
@@ -86,6 +86,20 @@ def run_name_for(req: RunRequest, cfg: Config) -> str:
     if shown:
         name += "-" + hashlib.sha1(json.dumps(shown, sort_keys=True, default=str).encode()).hexdigest()[:8]
     return name
+
+
+MAX_NAME = 200  # characters of a --name (file systems allow 255 bytes per name; temporaries add a few)
+
+
+def check_run_name(name: str) -> None:
+    """--name is one folder name under --out: no separator, not '.' or '..', not absolute, not too long."""
+    import os
+
+    if not name or name in (".", "..") or "\0" in name or any(sep and sep in name for sep in (os.sep, os.altsep, "/")):
+        raise RunError(f"--name {name!r} must be one folder name (no '/', not '.' or '..'): the run folder is "
+                       "made under --out; pass the place with --out")
+    if len(name) > MAX_NAME or len(name.encode()) > MAX_NAME:
+        raise RunError(f"--name is {len(name)} characters long: pass one of at most {MAX_NAME} characters")
 
 
 def cosine_lr(base: float, step: int, total: int) -> float:
@@ -322,8 +336,45 @@ def _check_student(student: torch.nn.Module, last_loss: torch.Tensor, means: Dic
     finite_loss = bool(torch.isfinite(last_loss)) and all(math.isfinite(v) for v in means.values())
     if bad or not finite_loss:
         what = f"{bad:,} of {total:,} weights are non-finite" if bad else f"the loss is non-finite ({float(last_loss):.3g})"
-        raise DivergenceError(f"{method}: the student diverged in epoch {epoch} ({what}); nothing was saved from this "
-                              "epoch: lower student_lr with --set, or check the teacher")
+        raise DivergenceError(f"{method}: the student diverged in epoch {epoch} ({what}); {DIVERGED_ADVICE}")
+
+
+# what every divergence error of a run says to do: the checkpoint before the diverged epoch is kept,
+# but a --resume with the same settings repeats the same epoch (same seed) and diverges again
+DIVERGED_ADVICE = ("nothing was saved from this epoch, and a --resume with these settings diverges again: rerun "
+                   "without --resume with a lower student_lr (--set student_lr=...; a new run folder), or check the teacher")
+
+
+def _non_finite_logs(record: Dict[str, Any]) -> List[str]:
+    """The generator and student losses (gen/*, student/*) of an epoch record that are NaN or infinite
+    (a list value, e.g. FERD's class weights p, counts when any of its numbers is)."""
+    def finite(v: Any) -> bool:
+        if isinstance(v, (list, tuple)):
+            return all(finite(x) for x in v)
+        return isinstance(v, bool) or not isinstance(v, (int, float)) or math.isfinite(v)
+
+    return [k for k, v in record.items() if k.startswith(("gen/", "student/")) and not finite(v)]
+
+
+def _check_epoch(ctx: MethodContext, record: Dict[str, Any], probe: torch.Tensor, method: str, epoch: int) -> None:
+    """After every epoch, before its checkpoint: every logged loss (generator and student) finite, the
+    student's weights finite and its outputs on a few test images finite (finite but huge weights
+    overflow every logit, and argmax of NaN is class 0). In a data-parallel run the generator logs are
+    each rank's own, so the ranks agree on the decision first."""
+    bad_logs = _non_finite_logs(record)
+    if ctx.world.max(1.0 if bad_logs else 0.0) > 0:
+        shown = ", ".join(f"{k} = {record[k]}" for k in bad_logs[:3]) or "on another rank"
+        raise DivergenceError(f"{method}: the run diverged in epoch {epoch} (a loss is non-finite: {shown}); "
+                              f"{DIVERGED_ADVICE}")
+    bad, total = non_finite_parameters(ctx.student)
+    if bad:
+        raise DivergenceError(f"{method}: the student diverged in epoch {epoch} ({bad:,} of {total:,} weights are "
+                              f"non-finite); {DIVERGED_ADVICE}")
+    try:
+        check_finite_outputs(ctx.student, probe, what="the student")
+    except DivergenceError as exc:
+        detail = str(exc).split(":")[0]
+        raise DivergenceError(f"{method}: the student diverged in epoch {epoch} ({detail}); {DIVERGED_ADVICE}") from None
 
 
 def _silent(message: str) -> None:
@@ -337,6 +388,9 @@ def run(req: RunRequest, log: Callable[[str], None] = print,
     Under torchrun with several processes every process calls this: rank 0 holds the run-folder
     lock, logs and writes every file, and every process returns the same result."""
     method_cls = get_method(req.method)
+    req.seed = check_seed(req.seed, "--seed")
+    if req.run_name is not None:
+        check_run_name(req.run_name)
     cfg = resolve_config(method_cls, req.dataset, req.preset, req.overrides)
     if not cfg.teacher:
         raise RunError(f"preset {req.preset} has no teacher for {req.dataset}: pass --teacher SPEC")
@@ -378,9 +432,11 @@ def _check_world(state: Dict[str, Any], state_path: Path, world: World) -> None:
 
 def _resume(state_path: Path, cfg: Config, identity: Dict[str, Any], ctx: MethodContext, opt: torch.optim.Optimizer,
             method: Method, batch_rng: torch.Generator,
-            log: Callable[[str], None]) -> Tuple[List[Dict[str, Any]], int, float, Optional[float]]:
+            log: Callable[[str], None]
+            ) -> Tuple[List[Dict[str, Any]], int, float, Optional[float], List[Dict[str, Any]]]:
     """Load the state every rank continues from (each its own RNG streams); (history, epoch, wall
-    seconds, CPU seconds: None in a checkpoint written before CPU time was kept)."""
+    seconds, CPU seconds: None in a checkpoint written before CPU time was kept, the sessions so far:
+    [] in a checkpoint written before they were kept)."""
     st = _load_state(state_path)
     _check_same_run(st, state_path, cfg, identity, log)
     world = ctx.world
@@ -393,7 +449,8 @@ def _resume(state_path: Path, cfg: Config, identity: Dict[str, Any], ctx: Method
         _restore_rng(ctx, st["rng_ranks"][world.rank], batch_rng)
     else:
         _restore_rng(ctx, st["rng"])
-    return json.loads(st["history"]), st["epoch"], st["train_seconds"], st.get("train_cpu_seconds")
+    return (json.loads(st["history"]), st["epoch"], st["train_seconds"], st.get("train_cpu_seconds"),
+            json.loads(st.get("sessions", "[]")))
 
 
 def _student_stage(method: Method, ctx: MethodContext, opt: torch.optim.Optimizer, cfg: Config,
@@ -416,7 +473,8 @@ def _student_stage(method: Method, ctx: MethodContext, opt: torch.optim.Optimize
 
 def _checkpoint(state_path: Path, ctx: MethodContext, opt: torch.optim.Optimizer, method: Method,
                 batch_rng: torch.Generator, cfg: Config, history: List[Dict[str, Any]], epoch: int,
-                identity: Dict[str, Any], train_seconds: float, train_cpu: Optional[float]) -> None:
+                identity: Dict[str, Any], train_seconds: float, train_cpu: Optional[float],
+                sessions: Optional[List[Dict[str, Any]]] = None) -> None:
     """Write the resume state (rank 0, with every rank's RNG states), after checking that every rank
     holds the same student, optimiser, method state and pool: the file then describes them all."""
     world, pool = ctx.world, ctx.pool
@@ -430,8 +488,16 @@ def _checkpoint(state_path: Path, ctx: MethodContext, opt: torch.optim.Optimizer
         "config": json.dumps(cfg.to_dict(), default=str), "student": ctx.student.net.state_dict(),
         "opt": opt.state_dict(), "method": method_state, "pool": pool.state_dict(),
         "rng": rngs[0], "history": json.dumps(history), "epoch": epoch, "identity": identity,
-        "train_seconds": train_seconds, "train_cpu_seconds": train_cpu, **extra,
+        "train_seconds": train_seconds, "train_cpu_seconds": train_cpu, "sessions": json.dumps(sessions or []),
+        **extra,
     }, state_path))
+
+
+def _keep_sessions(state_path: Path, sessions: List[Dict[str, Any]]) -> None:
+    """Write `sessions` into the state file (a resume that only evaluates: it writes no checkpoint)."""
+    state = _load_state(state_path)
+    state["sessions"] = json.dumps(sessions)
+    atomic_torch_save(state, state_path)
 
 
 def _remove(path: Path) -> bool:
@@ -463,6 +529,7 @@ def _run_locked(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, d
     ctx = make_context(cfg, req.dataset, device, rng, model_dir=req.model_dir, world=world)
     teacher, student, pool = ctx.teacher, ctx.student, ctx.pool
     test = world.main_first(lambda: load_split(req.dataset, "test", req.source, req.data_root))
+    probe = probe_images(test)  # a few test images: the student's outputs on them must stay finite
     method = method_cls()
     check_teacher(method, ctx.teacher, cfg)
     method.setup(ctx)
@@ -470,6 +537,7 @@ def _run_locked(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, d
     opt = torch.optim.SGD(student.parameters(), lr=cfg.student_lr, momentum=cfg.student_momentum,
                           weight_decay=cfg.student_weight_decay)
     history: List[Dict[str, Any]] = []
+    sessions: List[Dict[str, Any]] = []  # provenance of the start and of each resume (kept in the state)
     # wall-clock and process CPU seconds (all threads): CPU time is what a run costs whatever else
     # runs on the machine, wall time is what its user waits
     start_epoch, train_seconds, train_cpu = 0, 0.0, 0.0
@@ -478,11 +546,15 @@ def _run_locked(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, d
     world.check_same("the teacher, test data, student or method state at the start",
                      {"identity": identity, "student": student.net.state_dict(), "method": method.state_dict()})
     if req.resume and state_path.exists():
-        history, start_epoch, train_seconds, train_cpu = _resume(state_path, cfg, identity, ctx, opt, method,
-                                                                 batch_rng, log)
+        history, start_epoch, train_seconds, train_cpu, sessions = _resume(state_path, cfg, identity, ctx, opt,
+                                                                           method, batch_rng, log)
         log(f"resumed {run_dir} at epoch {start_epoch}/{cfg.epochs}")
     elif world.on_main(lambda: _remove(run_dir / EVAL_PROGRESS_FILE)):  # the evaluation of an earlier student
         log(f"removed {run_dir / EVAL_PROGRESS_FILE}: it belongs to an earlier student")
+    sessions = sessions + [session_record("resume" if start_epoch else "start", device, epoch=start_epoch,
+                                          world_size=world.size)]
+    if start_epoch and start_epoch >= cfg.epochs:  # only the evaluation is left: no epoch end will keep this session
+        world.on_main(lambda: _keep_sessions(state_path, sessions))
     log(f"{req.method} on {req.dataset} [{req.preset}]: teacher {cfg.teacher}, student {cfg.student} "
         f"({count_parameters(student) / 1e6:.2f}M), {cfg.epochs} epochs -> {run_dir}"
         + (f", data-parallel over {world.size} processes" if world.parallel else ""))
@@ -510,6 +582,7 @@ def _run_locked(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, d
             if teacher.training or any(p.requires_grad for p in teacher.parameters()):
                 raise RunError(f"{req.method} left the teacher in train mode or unfrozen: teachers stay frozen in eval mode")
             record.update({k: _to_float(v) for k, v in method.end_epoch(ctx).items()})
+            _check_epoch(ctx, record, probe, req.method, epoch + 1)
             record["seconds"] = round(time.time() - t0, 2)
             train_seconds += time.time() - t0
             train_cpu = None if train_cpu is None else train_cpu + time.process_time() - cpu0
@@ -523,7 +596,7 @@ def _run_locked(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, d
                     board.samples(samples.x, samples.y, epoch + 1)
             if (epoch + 1) % cfg.checkpoint_every_epochs == 0 or epoch + 1 == cfg.epochs:
                 _checkpoint(state_path, ctx, opt, method, batch_rng, cfg, history, epoch + 1, identity, train_seconds,
-                            train_cpu)
+                            train_cpu, sessions)
             if after_epoch is not None:
                 after_epoch(epoch + 1)
     finally:
@@ -579,7 +652,8 @@ def _run_locked(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, d
                             "eval": round(time.process_time() - cpu_eval, 1)},
             "speed": ctx.accel.describe(),
             "run_dir": str(run_dir),
-            "provenance": {**provenance(device), "world_size": world.size},
+            # `sessions`: the provenance of the start and of every resume (what produced each part of the run)
+            "provenance": {**provenance(device), "world_size": world.size, "sessions": sessions},
         }
         write_result(result, result_path)
         (run_dir / EVAL_PROGRESS_FILE).unlink(missing_ok=True)  # only now: a kill before the write loses no attack

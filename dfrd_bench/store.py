@@ -10,8 +10,9 @@ Schema `dfrd-bench-result/1` (see docs/results-schema.md):
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 from .errors import DfrdError
 from .utils import atomic_write_json
@@ -26,15 +27,89 @@ class ResultError(DfrdError, ValueError):
 
 
 def validate(result: Dict[str, Any]) -> None:
+    """Refuse, with a one-line reason, a result that tables, figures or load_results could misread:
+    missing keys, wrong types, NaN or infinite numbers, accuracies outside [0, 100] and per-class
+    lists whose length is not the class count. Every write and every read (scan_results) uses it."""
     missing = [k for k in REQUIRED if k not in result]
     if missing:
         raise ResultError(f"result lacks {', '.join(missing)}")
     if result["schema"] != SCHEMA:
         raise ResultError(f"result schema {result['schema']!r} is not {SCHEMA!r}")
+    for key, kind in (("kind", str), ("dataset", str), ("data_source", dict), ("model", dict), ("attacks", dict),
+                      ("provenance", dict)):
+        if not isinstance(result[key], kind):
+            raise ResultError(f"{key} is {_shown(result[key])}, not {'a text' if kind is str else 'a mapping'}")
+    if result.get("seed") is not None and not _whole(result["seed"], 0):
+        raise ResultError(f"seed is {_shown(result['seed'])}, not a whole number >= 0")
+    if result["kind"] == "run":
+        if not isinstance(result.get("method"), str):
+            raise ResultError(f"method is {_shown(result.get('method'))}, not a text")
+        if not isinstance(result.get("student"), dict) or not isinstance(result["student"].get("arch"), str):
+            raise ResultError("student is not a mapping with an arch")
+        for key in ("teacher", "config", "overrides"):
+            if result.get(key) is not None and not isinstance(result[key], dict):
+                raise ResultError(f"{key} is {_shown(result[key])}, not a mapping")
+        if result.get("defaults_version") is not None and not _whole(result["defaults_version"], 1):
+            raise ResultError(f"defaults_version is {_shown(result['defaults_version'])}, not a whole number >= 1")
+    classes = _class_count(result)
     for name, entry in result["attacks"].items():
+        if not isinstance(entry, dict):
+            raise ResultError(f"attack {name!r} is {_shown(entry)}, not a mapping")
         lacking = [k for k in ATTACK_KEYS if k not in entry]
         if lacking:
             raise ResultError(f"attack {name!r} lacks {', '.join(lacking)}")
+        for key in ("avg", "worst", "worst10"):
+            if not _number(entry[key], 0, 100):
+                raise ResultError(f"attack {name!r}: {key} is {_shown(entry[key])}, not an accuracy in [0, 100]")
+        if entry["nsd"] is not None and not _number(entry["nsd"], 0):
+            raise ResultError(f"attack {name!r}: nsd is {_shown(entry['nsd'])}, not null or a number >= 0")
+        if not _whole(entry["n"], 0):
+            raise ResultError(f"attack {name!r}: n is {_shown(entry['n'])}, not a whole number >= 0")
+        for key, ok, what in (("per_class", lambda v: v is None or _number(v, 0, 100), "null or accuracies in [0, 100]"),
+                              ("per_class_n", lambda v: _whole(v, 0), "whole numbers >= 0")):
+            if key == "per_class_n" and key not in entry:
+                continue
+            values = entry[key]
+            if not isinstance(values, list):
+                raise ResultError(f"attack {name!r}: {key} is {_shown(values)}, not a list")
+            if classes is not None and len(values) != classes:
+                raise ResultError(f"attack {name!r}: {key} has {len(values)} entries, not one per class ({classes})")
+            bad = next((v for v in values if not ok(v)), _NONE)
+            if bad is not _NONE:
+                raise ResultError(f"attack {name!r}: {key} holds {_shown(bad)}; it must hold {what}")
+
+
+_NONE = object()
+
+
+def _number(v: Any, low: float, high: float = math.inf) -> bool:
+    """A real, finite number (not a bool, not a text) in [low, high]."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and low <= v <= high
+
+
+def _whole(v: Any, low: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _shown(v: Any) -> str:
+    if isinstance(v, float) and not math.isfinite(v):
+        return "NaN" if math.isnan(v) else "infinite"
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _class_count(result: Dict[str, Any]) -> Optional[int]:
+    """The dataset's class count (else the model's; None when neither is known). A model whose class
+    count is not its dataset's is refused (the evaluator never writes one)."""
+    from .data.specs import DATASETS
+
+    spec = DATASETS.get(result["dataset"])
+    n = result["model"].get("num_classes")
+    if n is not None and not _whole(n, 1):
+        raise ResultError(f"model.num_classes is {_shown(n)}, not a whole number >= 1")
+    if spec is not None and n is not None and n != spec.num_classes:
+        raise ResultError(f"model.num_classes is {n}, but {result['dataset']} has {spec.num_classes} classes")
+    return spec.num_classes if spec is not None else n
 
 
 def write_result(result: Dict[str, Any], path: Union[str, Path]) -> Path:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .config import ConfigError, parse_overrides, resolve_config, setting_text
+from .config import ConfigError, check_seed, parse_overrides, resolve_config, setting_text
 from .method import get_method, plugin_modules
 from .runner import RESULT_FILE, STATE_FILE, RunFolderBusy, RunRequest, run, run_name_for
 
@@ -51,6 +51,7 @@ class PlannedRun:
     run_dir: Path
     status: str          # 'done' | 'resume' | 'new'
     sets: Dict[str, str]  # the --set values of this point, as text
+    merged: List[Dict[str, str]] = field(default_factory=list)  # --set values of equal points merged into this one
 
 
 def load_sweep_file(path: str) -> Dict[str, Any]:
@@ -87,13 +88,18 @@ def spec_from(data: Dict[str, Any]) -> SweepSpec:
     if not data.get("methods") or not data.get("datasets"):
         raise ConfigError("a sweep needs methods and datasets (e.g. --method ferd,zskt --dataset cifar10)")
     grid = {str(k): [setting_text(x) for x in (v if isinstance(v, list) else [v])] for k, v in (data.get("grid") or {}).items()}
+    empty = [k for k, v in grid.items() if not v] + [k for k in ("seeds", "students")
+                                                     if data.get(k) is not None and not listed(k, [])]
+    if empty:
+        raise ConfigError(f"{', '.join(empty)}: an empty list of values (a sweep over nothing); give at least one "
+                          "value, or leave the key out")
     fixed = {str(k): setting_text(v) for k, v in (data.get("set") or {}).items()}
     cases = data.get("cases") or [{}]
     if not isinstance(cases, list) or not all(isinstance(c, dict) for c in cases):
         raise ConfigError("cases: a list of mappings of settings, e.g. [{fae: false}, {utae: false}]")
     cases = [{str(k): setting_text(v) for k, v in c.items()} for c in cases]
     return SweepSpec(methods=listed("methods", []), datasets=listed("datasets", []),
-                     students=listed("students", [None]), seeds=[int(s) for s in listed("seeds", [0])],
+                     students=listed("students", [None]), seeds=[check_seed(s, "seeds") for s in listed("seeds", [0])],
                      grid=grid, cases=cases, fixed=fixed, preset=data.get("preset", "quick"), out=data.get("out", "runs"),
                      source=data.get("source"), data_root=data.get("data_root"), teacher=data.get("teacher"),
                      device=data.get("device", "auto"))
@@ -103,7 +109,8 @@ def plan(spec: SweepSpec) -> List[PlannedRun]:
     """Every grid point as a run request, with its folder and whether it is done, resumable or new."""
     keys = sorted(spec.grid)
     combos = list(itertools.product(*(spec.grid[k] for k in keys))) or [()]
-    planned = []
+    planned: List[PlannedRun] = []
+    seen: Dict[Tuple, int] = {}  # resolved settings -> index in `planned`: equal points are one run
     for dataset, seed, student, method, case, combo in itertools.product(spec.datasets, spec.seeds, spec.students,
                                                                         spec.methods, spec.cases, combos):
         sets = {**spec.fixed, **case, **dict(zip(keys, combo))}
@@ -117,8 +124,22 @@ def plan(spec: SweepSpec) -> List[PlannedRun]:
         cfg = resolve_config(get_method(method), dataset, spec.preset, overrides)  # fails early on bad names and keys
         run_dir = Path(spec.out) / run_name_for(req, cfg)
         status = "done" if (run_dir / RESULT_FILE).exists() else "resume" if (run_dir / STATE_FILE).exists() else "new"
-        planned.append(PlannedRun(req, run_dir, status, {**sets, **({"student": student} if student else {})}))
+        point = PlannedRun(req, run_dir, status, {**sets, **({"student": student} if student else {})})
+        key = (dataset, int(seed), method, json.dumps(cfg.to_dict(), sort_keys=True, default=str))
+        if key not in seen:
+            seen[key] = len(planned)
+            planned.append(point)
+            continue
+        # e.g. gamma=0.1 and gamma=1/10: one run; the one already started or finished keeps its folder
+        kept = planned[seen[key]]
+        if STATUS_RANK[point.status] > STATUS_RANK[kept.status]:
+            point, kept = kept, point
+            planned[seen[key]] = kept
+        kept.merged += [point.sets] + point.merged
     return planned
+
+
+STATUS_RANK = {"new": 0, "resume": 1, "done": 2}
 
 
 def run_sweep(planned: Sequence[PlannedRun], log: Callable[[str], None] = print) -> Tuple[int, int, List[str]]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
 import numpy as np
-from .errors import InputError
+from .errors import InputError, WriteError
 
 
 def cache_dir() -> Path:
@@ -24,10 +24,14 @@ def cache_dir() -> Path:
 
 
 def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename: never a half-written file."""
+    """Write to a temporary file in the same folder, fsync, then rename: never a half-written file.
+    A failed write (a full disk, a read-only folder) raises WriteError: one line saying what to do."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise write_error(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -35,10 +39,29 @@ def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; results and caches are meant to be shared
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise write_error(path, exc) from None
         raise
+
+
+def write_error(path: Union[str, Path], exc: OSError) -> WriteError:
+    """`exc` (an OSError of writing `path`) as a one-line WriteError that says what to do (same errno)."""
+    import errno
+
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        todo = ("free some disk space (or pass an --out on another disk), then run the same command again "
+                "(a run continues from its last checkpoint with --resume)")
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        todo = "pass an --out you can write to"
+    else:
+        todo = "check that folder, then run the same command again"
+    err = WriteError(f"cannot write {path} ({reason}): {todo}")
+    err.errno, err.strerror = exc.errno, exc.strerror
+    return err
 
 
 def atomic_write_json(path: Union[str, Path], obj: Any, allow_nan: bool = True) -> None:

@@ -221,3 +221,7 @@ def test_a_run_killed_in_its_evaluation_resumes_it(tmp_path, monkeypatch, test_n
     assert not calls.of("clean") and not calls.of("fgsm") and len(calls.of("pgd20")) == attacked - 1
     assert _numbers(resumed) == _numbers(full)
     assert not (runs / "split" / EVAL_PROGRESS_FILE).exists() and (runs / "split" / "result.json").exists()
+    # the resume that only evaluated is a session of the run, kept in the state as soon as it starts
+    state = torch.load(runs / "split" / "state.pt", weights_only=True)
+    assert [(s["event"], s["epoch"]) for s in json.loads(state["sessions"])] == [("start", 0), ("resume", 1)]
+    assert json.loads(state["sessions"]) == resumed["provenance"]["sessions"]

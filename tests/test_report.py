@@ -74,85 +74,110 @@ def test_table1_matches_the_golden_file(results):
     assert text == golden.read_text()
 
 
-def test_bootstrap_difference_finds_real_gaps_and_not_noise():
-    from dfrd_bench.metrics import bootstrap_difference
+def test_table_footer_names_runs_from_a_modified_checkout_or_several_commits(results):
+    def session(commit, dirty=False, torch="2.5.0"):
+        return {"event": "start", "git": {"commit": commit, "dirty": dirty}, "packages": {"torch": torch}}
 
-    same = [([40.0] * 10, [1000] * 10)] * 3
-    test = bootstrap_difference(same, same, "avg", seed=2)
-    assert not test["significant"] and test["low"] < 0 < test["high"]
-    lower = [([37.0] * 10, [1000] * 10)] * 3
-    gap = bootstrap_difference(same, lower, "avg", seed=2)
-    assert gap["significant"] and gap["diff"] == pytest.approx(3.0) and gap["low"] > 0
-    # seeds that disagree widen the interval: the same 3-point mean gap, with seeds 10 points apart
-    spread = [([30.0] * 10, [1000] * 10), ([40.0] * 10, [1000] * 10), ([50.0] * 10, [1000] * 10)]
-    assert not bootstrap_difference(spread, lower, "avg", seed=2)["significant"]
-    # a 7-point worst-class gap on 100 images per class is within noise (SE of the gap 7 points); on 1,000
-    # it is not (SE 2.2)
-    weak = [([50.0] + [90.0] * 9, [100] * 10)]
-    strong = [([57.0] + [90.0] * 9, [100] * 10)]
-    assert not bootstrap_difference(strong, weak, "worst", seed=2)["significant"]
-    weak_k = [([50.0] + [90.0] * 9, [1000] * 10)]
-    strong_k = [([57.0] + [90.0] * 9, [1000] * 10)]
-    assert bootstrap_difference(strong_k, weak_k, "worst", seed=2)["significant"]
-    # NSD: lower is better, the difference keeps its sign
-    even = [([50.0] * 10, [1000] * 10)]
-    uneven = [([20.0] * 5 + [80.0] * 5, [1000] * 10)]
-    nsd = bootstrap_difference(uneven, even, "nsd", seed=2)
-    assert nsd["significant"] and nsd["diff"] == pytest.approx(0.6)
+    notes = lambda: "\n".join(build_tables("1", results, attacks=["clean"])[0].notes)  # noqa: E731
+    assert "Provenance" not in notes()                        # the fixtures record nothing: no line
+    old = _result("cmi", seed=1)                               # an old result: only provenance.git
+    old["provenance"]["git"] = {"commit": "c" * 40, "dirty": True}
+    old["run_dir"] = "runs/cifar10-cmi-s1"
+    write_result(old, results / "cmi1" / "result.json")
+    spanned = _result("zskt", seed=1)                          # clean sessions on two commits
+    spanned["provenance"].update(git={"commit": "b" * 40, "dirty": False},
+                                 sessions=[session("a" * 40), session("b" * 40)])
+    write_result(spanned, results / "zskt1" / "result.json")
+    dirty_resume = _result("ferd", seed=2)                     # its resume ran on a modified checkout
+    dirty_resume["provenance"].update(git={"commit": "a" * 40, "dirty": False},
+                                      sessions=[session("a" * 40), session("a" * 40, dirty=True)])
+    write_result(dirty_resume, results / "ferd2" / "result.json")
+    assert ("Provenance: 2 runs made from a modified checkout (dirty): cifar10-cmi-s1, ferd seed 2; "
+            "1 run spans several commits or package versions (resumed on other code): zskt seed 1.") in notes()
 
 
-def test_method_tables_mark_significance_against_the_best_baseline_and_show_cost(results):
-    for name in ("zskt", "cmi", "ferd0", "ferd1"):
-        path = results / name / "result.json"
+def _seeds(folder, method, pgds, **kw):
+    for seed, pgd in enumerate(pgds):
+        write_result(_result(method, seed=seed, pgd=pgd, **kw), folder / f"{method}{seed}" / "result.json")
+
+
+def test_method_tables_mark_the_proposed_method_against_every_baseline_and_show_cost(tmp_path):
+    folder = tmp_path / "r"
+    _seeds(folder, "zskt", [[10] * 9 + [s] for s in (0, 1, 2)])
+    _seeds(folder, "cmi", [[12 + s] * 9 + [4] for s in (0, 1, 2)])
+    _seeds(folder, "ferd", [[39 + s] * 9 + [9] for s in (0, 2, 4)])
+    for name in ("zskt0", "cmi0", "ferd0", "ferd1"):
+        path = folder / name / "result.json"
         r = json.loads(path.read_text())
         r["wall_seconds"] = {"train": 600.0, "eval": 120.0}
         r["provenance"]["torch_threads"] = 2
         write_result(r, path)
-    (table,) = build_tables("1", results, attacks=["pgd20"], ci=True)
+    (table,) = build_tables("1", folder, attacks=["pgd20"], ci=True)
     rows = {r.label: r for r in table.blocks[0][1]}
     col = ("pgd20", "avg")
-    assert rows["CMI"].significance[col] == "ref"                      # best baseline (FERD excluded)
-    assert rows["FERD"].significance[col] == "better"                  # 39 against 11.2 on 1,000 images
-    assert col not in rows["ZSKT"].significance                        # 9.0 against 11.2 on 1,000: SE of the gap 1.3
-    assert rows["FERD"].cost["train"].mean == pytest.approx(20.0)      # 600 s x 2 threads (no cpu_seconds)
-    cpu = json.loads((results / "ferd0" / "result.json").read_text())
-    cpu["cpu_seconds"] = {"train": 900.0, "eval": 200.0}                # recorded CPU time wins over wall x threads
-    write_result(cpu, results / "ferd0" / "result.json")
-    (again,) = build_tables("1", results, attacks=["pgd20"], ci=True)
-    assert next(r for r in again.blocks[0][1] if r.label == "FERD").cost["train"].mean == pytest.approx((15 + 20) / 2)
+    assert rows["FERD"].significance[col] == "better"                  # ~38 against ~11.5 and ~9.1, 3 seeds each
+    assert set(rows["FERD"].tests[col]) == {"ZSKT", "CMI"}             # against every baseline with runs
+    assert not rows["CMI"].significance and not rows["ZSKT"].significance   # baselines carry no marks
+    assert 0 <= rows["FERD"].cell_p[col] < 0.05
+    assert rows["FERD"].cost["train"].mean == pytest.approx(20.0)      # 600 s x 2 threads (no cpu_seconds); seed 2 has none
     text = render_markdown(table)
-    assert "39.00 ± 2.83 ▲" in text and "11.20 †" in text and "| 20 | 4 |" in text
-    assert "bootstrap of the difference" in text
-    assert "one seed tests test-image noise only" in text               # CMI and ZSKT have one seed here
+    assert "▲" in text and "†" not in text and "Holm" in text and "intersection-union" in text
     assert "blacktriangle" in render_latex(table)
-    (plain,) = build_tables("1", results, attacks=["pgd20"])           # without --ci: no test is run
+    (plain,) = build_tables("1", folder, attacks=["pgd20"])            # without --ci: no test is run
     assert not any(r.significance for r in plain.blocks[0][1])
 
 
-def test_claims_answer_each_question_with_its_interval(results, tmp_path):
+def test_no_mark_when_one_baseline_is_as_good_or_has_one_seed(tmp_path):
+    folder = tmp_path / "r"
+    _seeds(folder, "cmi", [[12 + s] * 9 + [4] for s in (0, 1, 2)])
+    _seeds(folder, "fast", [[37 + s] * 9 + [8] for s in (0, 3, 6)])  # as good as FERD within its spread
+    _seeds(folder, "ferd", [[39 + s] * 9 + [9] for s in (0, 2, 4)])
+    (table,) = build_tables("1", folder, attacks=["pgd20"], ci=True)
+    ferd = next(r for r in table.blocks[0][1] if r.label == "FERD")
+    assert ("pgd20", "avg") in ferd.tests and ("pgd20", "avg") not in ferd.significance
+    _seeds(folder, "zskt", [[10] * 10])                               # a baseline with one run: nothing testable
+    (table,) = build_tables("1", folder, attacks=["pgd20"], ci=True)
+    ferd = next(r for r in table.blocks[0][1] if r.label == "FERD")
+    assert not ferd.tests and "at least two seeds" in render_markdown(table)
+
+
+def _claim(text, question):
+    """The answer line of `question` and its comparison lines."""
+    lines = text.splitlines()
+    i = next(k for k, line in enumerate(lines) if question in line)
+    block = [lines[i]]
+    for line in lines[i + 1:]:
+        if not line.startswith("  - "):
+            break
+        block.append(line)
+    return "\n".join(block)
+
+
+def test_claims_answer_each_question_with_its_test(results, tmp_path):
     from dfrd_bench.report.claims import claims_section
 
     folder = tmp_path / "claims"
     for seed in (0, 1, 2):
-        # FERD: weak class 9 at 30 % PGD-20 and weighted 0.19; without reweighting class 9 is at 10 %
-        hist = [{"epoch": 1, "gen/p": [0.09] * 9 + [0.19]}]
-        write_result(_result("ferd", seed=seed, pgd=[40] * 9 + [30], history=hist), folder / f"f{seed}" / "result.json")
-        write_result(_result("ferd", seed=seed, pgd=[40] * 9 + [10], overrides={"reweight": False},
+        # FERD: weak class 9 at 30 % PGD-20 and weighted ~0.19; without reweighting class 9 is at 10 %
+        hist = [{"epoch": 1, "gen/p": [0.09] * 9 + [0.18 + 0.01 * seed]}]
+        write_result(_result("ferd", seed=seed, pgd=[40] * 9 + [30 + seed], history=hist), folder / f"f{seed}" / "result.json")
+        write_result(_result("ferd", seed=seed, pgd=[40] * 9 + [10 + seed], overrides={"reweight": False},
                              config={"reweight": False}), folder / f"r{seed}" / "result.json")
-        write_result(_result("cmi", seed=seed, pgd=[60] * 9 + [50]), folder / f"c{seed}" / "result.json")
+        write_result(_result("cmi", seed=seed, pgd=[60] * 9 + [50 - seed]), folder / f"c{seed}" / "result.json")
     text = claims_section(folder)
-    worst = next(line for line in text.splitlines() if "PGD-20 worst-class" in line)
-    assert "**no**" in worst and "FERD 30.0 against CMI 50.0: -20.0" in worst and "significantly worse" in worst
-    nsd = next(line for line in text.splitlines() if "lower NSD than the best baseline on PGD-20?" in line)
-    assert "**not significantly**" in nsd and "no significant difference" in nsd   # 0.077 vs 0.051 on 100 per class
-    weight = next(line for line in text.splitlines() if "weakest class's weight" in line)
-    assert "**yes**" in weight and "airplane" not in weight and "p = 0.190" in weight and "rank 1 of 10" in weight
-    robust = next(line for line in text.splitlines() if "that class's robustness" in line)
+    worst = _claim(text, "PGD-20 worst-class accuracy?")
+    assert "**no**" in worst and "FERD 31.0 against CMI 49.0: -18.0" in worst and "family of" in worst
+    nsd = _claim(text, "lower PGD-20 NSD than every baseline?")
+    assert "**not significantly**" in nsd and "seeds per method" in nsd      # 0.073 vs 0.055 on 100 per class
+    weight = _claim(text, "weakest class's weight")
+    assert "**yes**" in weight and "airplane" not in weight and "p 0.190 against uniform 0.100" in weight
+    assert "rank 1 of 10" in weight
+    robust = _claim(text, "raise the robustness of")
     assert "**yes**" in robust and "+20.0" in robust
     assert "no FERD without UTAEs (`utae=false`, Table 3) run" in text   # said, not guessed
     # only CMI of the five baselines ran: the answers say they are against a partial field
     partial = next(line for line in text.splitlines() if "*Partial*" in line)
-    assert "best of the 1 of 5 baselines with runs" in partial and "ZSKT, DeepInv, Fast, DFHL have none yet" in partial
+    assert "1 of 5 baselines have runs" in partial and "ZSKT, DeepInv, Fast, DFHL have none yet" in partial
 
 
 def test_claims_against_every_baseline_are_not_marked_partial(tmp_path):
@@ -162,6 +187,7 @@ def test_claims_against_every_baseline_are_not_marked_partial(tmp_path):
         write_result(_result(m), tmp_path / m / "result.json")
     text = claims_section(tmp_path)
     assert "PGD-20 worst-class" in text and "*Partial*" not in text
+    assert "cannot be tested with 1 and 1 seeds" in text
 
 
 def test_best_is_bold_and_second_underlined(results):
@@ -404,3 +430,64 @@ def test_rerendering_unchanged_results_gives_byte_identical_figures(results, tmp
     assert first and [p.read_bytes() for p in first] == [p.read_bytes() for p in second]
     pdf = next(p for p in first if p.suffix == ".pdf")
     assert b"/CreationDate" not in pdf.read_bytes()  # a date would differ between renders a second apart
+
+
+# -- bad result files and sweep grids (issue 26) ------------------------------------------------------
+BAD_RESULTS = [
+    (lambda r: r["attacks"]["clean"].update(avg=float("nan")), "avg is NaN, not an accuracy in [0, 100]"),
+    (lambda r: r["attacks"]["clean"].update(avg=250.0), "avg is 250.0, not an accuracy in [0, 100]"),
+    (lambda r: r["attacks"]["pgd20"].update(worst="ten"), "worst is 'ten', not an accuracy"),
+    (lambda r: r["attacks"]["clean"].update(per_class="oops"), "per_class is 'oops', not a list"),
+    (lambda r: r["attacks"]["clean"].update(per_class=[50.0, 60.0]), "per_class has 2 entries, not one per class (10)"),
+    (lambda r: r["attacks"]["clean"]["per_class_n"].pop(), "per_class_n has 9 entries"),
+    (lambda r: r["attacks"]["clean"]["per_class"].__setitem__(3, -1.0), "per_class holds -1.0"),
+    (lambda r: r.update(seed="0"), "seed is '0', not a whole number"),
+]
+
+
+def test_invalid_result_files_are_listed_and_never_replace_a_valid_run(results, tmp_path):
+    from dfrd_bench.api import load_results
+    from dfrd_bench.report.collect import load_runs
+
+    valid = json.loads((results / "ferd0" / "result.json").read_text())
+    paths = []
+    for i, (change, _) in enumerate(BAD_RESULTS):
+        bad = json.loads(json.dumps(valid))
+        bad["provenance"]["created"] = "2027-01-01T00:00:00"  # newer: it would replace the valid seed 0 if read
+        change(bad)
+        paths.append(results / f"ferd0-rerun{i}" / "result.json")
+        paths[-1].parent.mkdir()
+        paths[-1].write_text(json.dumps(bad))  # json writes NaN as the (non-standard) NaN that json reads back
+    ferd0 = [r for r in load_runs(results) if r.method == "ferd" and r.seed == 0]
+    assert [r.result["_path"] for r in ferd0] == [str(results / "ferd0" / "result.json")]
+    for args in (["table", "--table", "1", "--attacks", "clean,pgd20"], ["plot", "--figure", "1", "--out", tmp_path / "f"]):
+        res = CliRunner().invoke(main, [str(a) for a in args] + ["--results", str(results)])
+        assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+        for path, (_, reason) in zip(paths, BAD_RESULTS):
+            assert f"warning: could not read {path}: " in res.stderr and reason in res.stderr
+        assert "250.00" not in res.stdout
+    with pytest.warns(UserWarning) as caught:
+        frame = load_results(results)
+    assert sorted(str(w.message).split(": ")[1] for w in caught) == sorted(f"skipped {p}" for p in paths)
+    assert frame["accuracy"].between(0, 100).all() and frame["avg"].between(0, 100).all()
+
+
+def test_sweep_grids_refuse_empty_lists_and_merge_equal_points(tmp_path):
+    from dfrd_bench.config import ConfigError
+
+    base = {"methods": "ferd", "datasets": "cifar10", "preset": "smoke", "out": str(tmp_path / "runs")}
+    for bad in ({"grid": {"gamma": []}}, {"seeds": []}, {"grid": {"gamma": [0.1], "fae": []}}):
+        with pytest.raises(ConfigError, match="an empty list of values"):
+            spec_from({**base, **bad})
+    res = CliRunner().invoke(main, ["sweep", "--method", "ferd", "--dataset", "cifar10", "--grid", "gamma=,", "--dry-run"])
+    assert res.exit_code == 1 and "gamma: an empty list of values" in res.output
+    planned = plan(spec_from({**base, "grid": {"gamma": [0.1, "1/10", 0.5]}, "seeds": [0, 1]}))
+    assert [(p.request.seed, p.sets["gamma"]) for p in planned] == [(0, "0.1"), (0, "0.5"), (1, "0.1"), (1, "0.5")]
+    assert planned[0].merged == [{"gamma": "1/10"}]
+    # the point already started keeps its folder, whichever spelling came first
+    other = plan(spec_from({**base, "grid": {"gamma": ["1/10"]}}))[0]
+    other.run_dir.mkdir(parents=True)
+    (other.run_dir / "state.pt").write_bytes(b"")
+    kept = plan(spec_from({**base, "grid": {"gamma": [0.1, "1/10"]}}))
+    assert len(kept) == 1 and kept[0].run_dir == other.run_dir and kept[0].status == "resume"
+    assert kept[0].merged == [{"gamma": "0.1"}]

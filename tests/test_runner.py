@@ -106,6 +106,37 @@ def test_interrupted_run_resumes_to_the_same_student(tmp_path, test_npz, monkeyp
     assert [h["student/loss"] for h in resumed["history"]] == [h["student/loss"] for h in full["history"]]
 
 
+def test_each_session_of_a_resumed_run_records_its_provenance(tmp_path, test_npz, monkeypatch):
+    import torch
+
+    from dfrd_bench import provenance
+    from tests.conftest import interrupt_then_resume
+
+    commits = iter([{"commit": "a" * 40, "dirty": False}, {"commit": "b" * 40, "dirty": True}])
+    current = {}
+
+    def git_commit():  # one commit per session: the start's, then the resume's (and the final block's)
+        if "git" not in current:
+            current["git"] = next(commits)
+        return current["git"]
+
+    monkeypatch.setattr(provenance, "git_commit", git_commit)
+
+    def req(name, resume=False):
+        if resume:
+            current.clear()  # a new process on a new checkout
+        return _req(tmp_path, test_npz, run_name=name, resume=resume)
+
+    resumed = interrupt_then_resume(get_method("ferd"), req, lambda ctx: ctx.epoch == 1)
+    sessions = resumed["provenance"]["sessions"]
+    assert [(s["event"], s["epoch"], s["git"]["commit"][0]) for s in sessions] == [("start", 0, "a"), ("resume", 1, "b")]
+    assert all(s["packages"]["torch"] and s["created"] and s["device"] == "cpu" for s in sessions)
+    assert resumed["provenance"]["git"]["commit"] == "b" * 40               # the old block: the finishing process
+    state = torch.load(tmp_path / "runs" / "split" / "state.pt", weights_only=True)
+    assert json.loads(state["sessions"]) == sessions                        # kept in the checkpoint state
+    assert read_result(tmp_path / "runs" / "split" / "result.json")["provenance"]["sessions"] == sessions
+
+
 def test_a_third_party_plugin_registers_through_entry_points(tmp_path, test_npz, monkeypatch):
     pkg = tmp_path / "site"
     (pkg / "toyplugin").mkdir(parents=True)

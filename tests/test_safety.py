@@ -61,6 +61,49 @@ def test_eval_refuses_a_checkpoint_with_nan_weights(tmp_path, test_npz):
     assert not (tmp_path / "r.json").exists()
 
 
+def _overflowing_student():
+    """A resnet8 whose weights are all finite but whose every logit overflows to NaN (weights x 1e5)."""
+    model = build_model("resnet8", 10)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1e5)
+    return model
+
+
+def test_a_model_with_finite_weights_but_non_finite_outputs_is_refused(tmp_path, test_npz):
+    # eval: the probe batch of the evaluation data finds it before any attack or result
+    save_model(_overflowing_student(), tmp_path / "big.pt", "cifar10", 32)
+    res = _cli("eval", "--model", tmp_path / "big.pt", "--dataset", "cifar10", "--source", test_npz,
+               "--attacks", "clean", "--out", tmp_path / "r.json")
+    assert res.exit_code == 1 and "non-finite outputs" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "r.json").exists()
+    # run: the epoch-end check probes the student's outputs too (student_lr=1e6 keeps the weights finite)
+    with pytest.raises(DivergenceError, match="diverged in epoch 1 .*--resume") as err:
+        run(_req(tmp_path, test_npz, student_lr=1e6, epochs=1), log=lambda s: None)
+    assert "non-finite" in str(err.value)
+    assert not any((tmp_path / "runs" / "r" / f).exists() for f in ("result.json", "state.pt", "student.pt"))
+
+
+def test_a_non_finite_generator_loss_ends_the_run_and_a_resume_says_so_again(tmp_path, test_npz):
+    ferd = get_method("ferd")
+    original = ferd.generate
+
+    def nan_in_epoch_2(self, ctx):
+        samples = original(self, ctx)
+        if ctx.epoch == 1:
+            samples.logs["adv"] = torch.tensor(float("nan"))
+        return samples
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ferd, "generate", nan_in_epoch_2)
+        for resume in (False, True):  # the kept state (epoch 1) diverges again, loudly, on --resume
+            with pytest.raises(DivergenceError, match=r"diverged in epoch 2 \(a loss is non-finite: gen/adv = nan\).*"
+                                                      "without --resume"):
+                run(_req(tmp_path, test_npz, resume=resume, gen_iters=1, student_iters=1), log=lambda s: None)
+            state = torch.load(tmp_path / "runs" / "r" / "state.pt", weights_only=True)
+            assert state["epoch"] == 1 and not (tmp_path / "runs" / "r" / "result.json").exists()
+
+
 def _teacher_file(path, seed):
     torch.manual_seed(seed)
     save_model(build_model("resnet8", 10), path, "cifar10", 32)
@@ -107,6 +150,8 @@ def test_resume_without_a_state_says_it_starts_fresh(tmp_path, test_npz):
     ({"epochs": "abc"}, "whole number"), ({"epochs": 2.5}, "whole number"),
     ({"checkpoint_every_epochs": 0}, "checkpoint_every_epochs must be >= 1"), ({"batch_size": 0}, "batch_size must be >= 1"),
     ({"student_lr": float("nan")}, "student_lr must be finite"), ({"attacks": ""}, "no attack given"),
+    ({"batch_size": 10**9}, "batch_size must be >= 1 and <= 65536"), ({"eval_batch_size": 10**9}, "<= 65536"),
+    ({"seed": -1}, r"--seed must be a whole number in \[0, 4294967295\], got -1"),
 ])
 def test_meaningless_settings_fail_before_anything_runs(tmp_path, test_npz, over, match):
     with pytest.raises(DfrdError, match=match):
@@ -132,6 +177,7 @@ def _npz(path, x, y):
     (lambda: (random_images(8), np.arange(6) % 10), "8 images but 'y' 6 labels"),
     (lambda: (random_images(8), np.eye(10)[np.arange(8) % 10]), "one-hot"),
     (lambda: (random_images(0), np.zeros(0, dtype=np.int64)), "holds no image"),
+    (lambda: (np.array([1, "a"], dtype=object), np.arange(2)), r"d\.npz: cannot read its arrays.*no Python objects"),
 ])
 def test_npz_data_must_fit_the_dataset(tmp_path, make, match):
     x, y = make()
@@ -216,6 +262,61 @@ def test_broken_files_give_one_line_errors(tmp_path, test_npz):
     res = _cli("run", "--method", "ferd", "--dataset", "cifar10", "--preset", "smoke", "--teacher", "random:resnet8",
                "--source", test_npz, "--device", "bogus", "--out", tmp_path / "o")
     assert res.exit_code == 1 and "unknown device 'bogus'" in res.output
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "/tmp/absolute", "..", ".", "a/b", "x" * 300])
+def test_a_run_name_is_one_folder_name_under_out(tmp_path, test_npz, name):
+    with pytest.raises(RunError, match="one folder name|at most 200 characters"):
+        run(_req(tmp_path, test_npz, name=name), log=lambda s: None)
+    assert not (tmp_path / "runs").exists() and not (tmp_path.parent / "escaped").exists()
+
+
+def test_negative_seeds_and_huge_batches_are_refused_at_once_by_eval_and_sweep(tmp_path, test_npz):
+    base = ["eval", "--model", "random:resnet8", "--dataset", "cifar10", "--source", test_npz, "--attacks", "clean"]
+    res = _cli(*base, "--seed", -1)
+    assert res.exit_code == 2 and "--seed: must be a whole number in [0, 4294967295], got -1" in res.output
+    res = _cli(*base, "--batch-size", 10**9)
+    assert res.exit_code == 2 and "--batch-size: must be at most 65536" in res.output
+    res = _cli("sweep", "--method", "ferd", "--dataset", "cifar10", "--seed", "0,-1", "--dry-run")
+    assert res.exit_code == 1 and "seeds must be a whole number >= 0, got '-1'" in res.output
+
+
+def test_a_full_disk_or_a_read_only_out_is_one_line(tmp_path, test_npz, monkeypatch):
+    import errno
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)  # every atomic write: checkpoints, results, tables
+    res = _cli("run", "--method", "ferd", "--dataset", "cifar10", "--preset", "smoke", "--teacher", "random:resnet8",
+               "--source", test_npz, "--out", tmp_path / "o", "--name", "r", "--set", "epochs=1", "--set", "gen_iters=1",
+               "--set", "student_iters=1")
+    assert res.exit_code == 1 and "Traceback" not in res.output and len(res.output.strip().splitlines()) >= 1
+    last = res.output.strip().splitlines()[-1]
+    assert "cannot write" in last and "state.pt (No space left on device): free some disk space" in last
+    assert "--resume" in last and not list((tmp_path / "o" / "r").glob(".*.tmp"))  # no temporary left behind
+    (tmp_path / "res").mkdir()
+    res = _cli("table", "--table", "runs", "--results", tmp_path / "res", "--out", tmp_path / "t.md")
+    assert res.exit_code == 1 and "cannot write" in res.output and "No space left on device" in res.output
+    monkeypatch.undo()
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr("tempfile.mkstemp", read_only)
+    res = _cli("table", "--table", "runs", "--results", tmp_path / "res", "--out", tmp_path / "t.md")
+    assert res.exit_code == 1 and "Permission denied): pass an --out you can write to" in res.output
+    monkeypatch.setattr("tempfile.NamedTemporaryFile", read_only)
+    res = _cli("plot", "--results", tmp_path / "res", "--out", tmp_path / "figs")
+    assert res.exit_code == 1 and "pass an --out you can write to" in res.output and "Traceback" not in res.output
+    monkeypatch.undo()
+
+    def savefig_on_a_read_only_disk(*args, **kwargs):  # an OSError outside the atomic writes
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "figs" / "fig1.png"))
+
+    monkeypatch.setattr("dfrd_bench.report.plots.plot", savefig_on_a_read_only_disk)
+    res = _cli("plot", "--results", tmp_path / "res", "--out", tmp_path / "figs")
+    assert res.exit_code == 1 and "fig1.png (Read-only file system): pass an --out you can write to" in res.output
 
 
 def test_bad_image_sources_name_the_file(tmp_path):

@@ -237,7 +237,11 @@ def _read_npz(spec: DatasetSpec, split: str, path: Path) -> Arrays:
     with data:
         if "x" not in data or "y" not in data:
             raise DataError(f"{path} must hold arrays 'x' (uint8 N,H,W,3) and 'y' (labels); found {list(data)}")
-        x, y = data["x"], data["y"]
+        try:  # arrays are read here: an object array (pickled Python objects) or a cut-short member fails now
+            x, y = data["x"], data["y"]
+        except Exception as exc:
+            raise DataError(f"{path}: cannot read its arrays ({first_line(exc, 100)}); store 'x' as uint8 and 'y' "
+                            "as integer numpy arrays (np.savez, no Python objects)") from None
     size = spec.image_size
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3:
         raise DataError(f"{path}: 'x' must be uint8 (N,{size},{size},3), got {x.dtype} {x.shape}")

@@ -1,72 +1,110 @@
-"""The paper's claims, answered from the runs: one sentence per claim with its interval, whichever way it falls.
+"""The paper's claims, answered from the runs: one sentence per claim with its test, whichever way it falls.
 
-Every comparison is the two-level bootstrap of `metrics.bootstrap_difference` (seeds, then test images
-per class), the same test as the marks of Table 1. A claim whose runs are missing says which runs would
-answer it instead of guessing. `dfrd-bench table --table claims` renders this section.
+One rule for every claim (docs/reporting.md, "Significance"): each comparison is the test of
+`inference.compare` (Welch t on the seed means with the test-image variance folded in, images paired
+when the results carry per-image outcomes), the same test as the marks of Table 1. A claim against
+"the baselines" compares with every baseline that has runs, not with one chosen on the same numbers:
+"yes" needs every comparison significant (intersection-union), "no" one significant the other way.
+The claims of one setup are one family, held at 5% by Holm. Beside a claim that is not decided, the
+seeds per method that would decide it (a power calculation at the observed difference and spread).
+A claim whose runs are missing says which runs would answer it instead of guessing.
+`dfrd-bench table --table claims` renders this section.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
+from scipy import stats
 
 from ..data.specs import get_dataset_spec
-from ..metrics import bootstrap_difference
+from ..inference import ALPHA, Test, compare as compare_groups, holm, seeds_needed, welch_test
 from ..attacks import ATTACK_ORDER
 from .collect import HIGHER_IS_BETTER, Folders, Run, group_by_setup, load_runs, matches
 from ..method import method_info
-from .tables import (ATTACK_LABELS, FERD_READING, METHOD_TABLE_OF, SIGNIFICANCE_LEVEL, TABLES, BuiltRow, evaluations_of,
-                     best_baseline, build_table_for, method_label, student_family)
+from .tables import (ATTACK_LABELS, FERD_READING, METHOD_TABLE_OF, SIGNIFICANCE_LEVEL, TABLES, BuiltRow, cell_pvalue,
+                     evaluations_of, build_table_for, method_label, student_family)
 
-ONE_SEED = "; with one seed the interval holds test-image noise only, not seed-to-seed spread"
 METRIC_WORDS = {"worst": "worst-class", "worst10": "worst-10%", "nsd": "NSD", "avg": "average"}
 
 
 @dataclass
-class Comparison:
-    """metric(a) - metric(b) with its bootstrap interval, and what that means for a claim."""
-    a_label: str
-    b_label: str
-    a_mean: float
-    b_mean: float
-    test: Dict[str, Any]
+class Claim:
+    """One question of the paper with its tests; `p` (and the direction) before the family's Holm step.
+
+    `tests` maps the other side's label to the test of a - b; `higher_is_better` says which sign favours
+    a. A one-sample claim (a value against a fixed reference) has one test and `reference` set."""
+    question: str
+    tests: Dict[str, Test]
+    metric: str
     higher_is_better: bool
-    n: Tuple[int, int]
+    a_label: str = "FERD"
+    detail: str = ""
+    p: float = 1.0
+    direction: str = "better"
+    adjusted: float = 1.0
+    family: int = 1
+
+    def __post_init__(self) -> None:
+        self.p, self.direction = cell_pvalue(self.tests, self.higher_is_better)
 
     @property
     def answer(self) -> str:
-        """yes / no / not significantly: the answer to 'is a better than b?'"""
-        return {"significantly better": "yes", "significantly worse": "no"}.get(self.verdict, "not significantly")
+        if self.adjusted < ALPHA:
+            return "yes" if self.direction == "better" else "no"
+        return "not significantly"
 
-    @property
-    def verdict(self) -> str:
-        if not self.test["significant"]:
-            return "no significant difference"
-        better = (self.test["diff"] > 0) == self.higher_is_better
-        return "significantly better" if better else "significantly worse"
+    def text(self) -> str:
+        """The answer line, then one indented line per comparison."""
+        line = (f"- {self.question} **{self.answer}**{' (' + self.detail + ')' if self.detail else ''}: Holm-adjusted "
+                f"p = {self.adjusted:.3f} in a family of {self.family}")
+        if self.answer == "not significantly":
+            line += f"; {self.seeds_text()}"
+        return "\n".join([line + "."] + [f"  - {self._comparison(label, t)}" for label, t in self.tests.items()])
 
-    def text(self, metric: str) -> str:
-        f = (lambda v: f"{v:.3f}") if metric == "nsd" else (lambda v: f"{v:.1f}")
-        t = self.test
-        return (f"{self.a_label} {f(self.a_mean)} against {self.b_label} {f(self.b_mean)}: "
-                f"{'+' if t['diff'] >= 0 else ''}{f(t['diff'])} [{f(t['low'])}, {f(t['high'])}] "
-                f"({self.n[0]} and {self.n[1]} seeds{ONE_SEED if 1 in self.n else ''}) — {self.verdict}")
+    def _comparison(self, label: str, t: Test) -> str:
+        f = (lambda v: f"{v:.3f}") if self.metric in ("nsd", "entropy", "weight") else (lambda v: f"{v:.1f}")
+        seeds = f"{t.n[0]} and {t.n[1]} seeds" if t.n[1] else f"{t.n[0]} seeds"
+        return (f"{self.a_label} {f(t.a_mean)} against {label} {f(t.b_mean)}: {'+' if t.diff >= 0 else ''}{f(t.diff)} "
+                f"[{f(t.low)}, {f(t.high)}], p = {t.p:.3f} ({seeds}{', images paired' if t.paired else ''})")
+
+    def seeds_text(self) -> str:
+        """Seeds per method that would decide the claim at its observed differences (a power calculation at
+        the strictest Holm step, alpha / family: an upper bound). 'Better than all' is decided by its
+        hardest comparison; 'worse than one' by its easiest."""
+        alpha = ALPHA / self.family
+        if self.direction == "better":
+            wanted = dict(self.tests)
+        else:
+            wanted = {k: t for k, t in self.tests.items() if (t.diff > 0) != self.higher_is_better}
+        needs = {k: seeds_needed(t, alpha=alpha) for k, t in wanted.items()}
+        if self.direction == "better":
+            label, n = max(needs.items(), key=lambda kv: float("inf") if kv[1] is None else kv[1])
+        else:
+            label, n = min(needs.items(), key=lambda kv: float("inf") if kv[1] is None else kv[1])
+        against = f" (against {label})" if len(self.tests) > 1 else ""
+        if n is None:
+            return f"more than 100 seeds per method would be needed to decide it{against} at the observed difference"
+        return (f"about {n} seeds per method would decide it{against} (80% power at the observed difference and seed "
+                f"spread, two-sided at {alpha:.4f}: a power calculation)")
 
 
-def compare(a: Sequence[Run], b: Sequence[Run], attack: str, metric: str, a_label: str, b_label: str,
-            class_index: Optional[int] = None) -> Optional[Comparison]:
-    """The bootstrap comparison of two groups of runs on one attack and metric (or one class's accuracy)."""
+def compare(a: Sequence[Run], b: Sequence[Run], attack: str, metric: str,
+            class_index: Optional[int] = None) -> Optional[Test]:
+    """The test of two groups of runs on one attack and metric (or one class's accuracy)."""
     ea, eb = evaluations_of(a, attack), evaluations_of(b, attack)
     if class_index is not None:
-        ea = [([pc[class_index]], [pn[class_index]]) for pc, pn in ea]
-        eb = [([pc[class_index]], [pn[class_index]]) for pc, pn in eb]
+        ea = [e.only_class(class_index) for e in ea]
+        eb = [e.only_class(class_index) for e in eb]
     if not ea or not eb:
         return None
-    test = bootstrap_difference(ea, eb, metric, level=SIGNIFICANCE_LEVEL)
-    if test["draws"] == 0:
-        return None
-    return Comparison(a_label, b_label, test["a"], test["b"], test, HIGHER_IS_BETTER[metric], (len(ea), len(eb)))
+    return compare_groups(ea, eb, metric, SIGNIFICANCE_LEVEL)
+
+
+def _too_few(a: Sequence[Run], b: Sequence[Run], what: str) -> str:
+    return (f"- {what}: cannot be tested with {len(a)} and {len(b)} seeds (at least two a side: one run says nothing "
+            f"about seed-to-seed spread).")
 
 
 def _ferd_rows(runs: Sequence[Run], student: str, **config: Any) -> List[Run]:
@@ -78,42 +116,46 @@ def _class_name(dataset: str, k: int) -> str:
     return names[k] if names and k < len(names) else f"class {k}"
 
 
-def _head_to_head(runs: Sequence[Run], table_rows: Sequence[BuiltRow], student: str, worst: str) -> List[str]:
-    """FERD against the best baseline of each column: worst class and NSD under PGD-20 and AutoAttack."""
-    lines = []
+Item = Any   # a rendered line (str) or a Claim waiting for its family's Holm step
+
+
+def _head_to_head(runs: Sequence[Run], table_rows: Sequence[BuiltRow], student: str, worst: str) -> List[Item]:
+    """FERD against every baseline with runs: worst class and NSD under PGD-20 and AutoAttack."""
+    items: List[Item] = []
     ferd = _ferd_rows(runs, student)
     if not ferd:
         return [f"- FERD against the baselines: no run of FERD's default for {student} in this setup."]
     baselines = [r for r in table_rows if not method_info(r.method).proposed]
     absent = [method_label(r.method) for r in baselines if r.seeds == 0]
-    if absent and len(absent) < len(baselines):
-        # 'the best baseline' of a partial table is the best of those that ran: a 'yes' can turn into a
-        # 'no' when the others land, so say so beside the answers rather than let them read as final
+    present = [r for r in baselines if r.seeds]
+    if absent and present:
         verb = "has" if len(absent) == 1 else "have"
-        lines.append(f"- *Partial*: the best baseline below is the best of the {len(baselines) - len(absent)} of "
-                     f"{len(baselines)} baselines with runs; {', '.join(absent)} {verb} none yet, so these answers "
-                     f"can change when they land.")
+        items.append(f"- *Partial*: {len(present)} of {len(baselines)} baselines have runs; {', '.join(absent)} {verb} "
+                     f"none yet, so a 'yes' below can change when they land.")
     for attack in ("pgd20", "aa"):
         for metric in (worst, "nsd"):
-            column = (attack, metric)
-            if not any(column in r.cells for r in table_rows):
+            if not any((attack, metric) in r.cells for r in table_rows):
                 continue
-            ref = best_baseline(table_rows, column)
-            if ref is None:
-                lines.append(f"- {ATTACK_LABELS[attack]} {METRIC_WORDS[metric]}: no baseline run to compare with.")
+            question = (f"Does FERD beat every baseline on {ATTACK_LABELS[attack]} {METRIC_WORDS[metric]} accuracy?"
+                        if metric != "nsd" else f"Does FERD have a lower {ATTACK_LABELS[attack]} NSD than every baseline?")
+            if not present:
+                items.append(f"- {question} No baseline run to compare with.")
                 continue
-            base = [r for r in runs if r.student == student and r.method == ref.method and matches(r, ref.method, {})]
-            c = compare(ferd, base, attack, metric, "FERD", method_label(ref.method))
-            if c is None:
+            tests = {}
+            for row in present:
+                base = [r for r in runs if r.student == student and matches(r, row.method, {})]
+                t = compare(ferd, base, attack, metric)
+                if t is None:
+                    break
+                tests[method_label(row.method)] = t
+            else:
+                items.append(Claim(question, tests, metric, HIGHER_IS_BETTER[metric]))
                 continue
-            question = "beat" if metric != "nsd" else "have a lower NSD than"
-            what = f"{METRIC_WORDS[metric]} accuracy" if metric != "nsd" else ""
-            lines.append(f"- Does FERD {question} the best baseline on {ATTACK_LABELS[attack]}{' ' + what if what else ''}? "
-                         f"**{c.answer}**: {c.text(metric)}.")
-    return lines
+            items.append(_too_few(ferd, base, question))
+    return items
 
 
-def _reweighting(runs: Sequence[Run], student: str, dataset: str) -> List[str]:
+def _reweighting(runs: Sequence[Run], student: str, dataset: str) -> List[Item]:
     """Fig. 4: does robustness-guided reweighting give the weakest class more weight, and more robustness?"""
     ferd = _ferd_rows(runs, student)
     plain = _ferd_rows(runs, student, reweight=False)
@@ -126,26 +168,44 @@ def _reweighting(runs: Sequence[Run], student: str, dataset: str) -> List[str]:
     k = int(np.nanargmin(per_class))
     name = _class_name(dataset, k)
     weights = [h["gen/p"] for r in ferd for h in r.result.get("history", [])[-1:] if h.get("gen/p") is not None]
-    lines = []
+    items: List[Item] = []
     if weights:
-        w = np.mean(weights, axis=0)
-        rank = int((w > w[k]).sum()) + 1
-        lines.append(f"- Does reweighting raise the weakest class's weight (Fig. 4)? **{'yes' if w[k] > 1 / len(w) else 'no'}**: "
-                     f"{name}, the weakest class under PGD-20 without reweighting, gets p = {w[k]:.3f} in FERD's last "
-                     f"epoch (uniform {1 / len(w):.3f}; rank {rank} of {len(w)}; mean over {len(weights)} seeds).")
-    c = compare(ferd, plain, "pgd20", "avg", "with reweighting", "without", class_index=k)
-    if c is not None:
-        lines.append(f"- Does it raise that class's robustness? **{c.answer}**: "
-                     f"{name} under PGD-20, {c.text('avg')}.")
+        w = np.asarray(weights, dtype=float)
+        uniform = 1.0 / w.shape[1]
+        question = "Does reweighting raise the weakest class's weight above uniform (Fig. 4)?"
+        rank = int((w.mean(0) > w.mean(0)[k]).sum()) + 1
+        detail = (f"{name}, the weakest class under PGD-20 without reweighting, p in FERD's last epoch "
+                  f"(uniform {uniform:.3f}; rank {rank} of {w.shape[1]})")
+        if len(w) >= 2:
+            t = _one_sample(w[:, k], uniform)
+            items.append(Claim(question, {"uniform": t}, "weight", True, a_label="p", detail=detail))
+        else:
+            items.append(f"- {question} {detail}: p = {w[0, k]:.3f} in one seed, cannot be tested.")
+    c = compare(ferd, plain, "pgd20", "avg", class_index=k)
+    question = f"Does reweighting raise the robustness of {name} (PGD-20)?"
+    items.append(Claim(question, {"without": c}, "avg", True, a_label="with reweighting") if c is not None
+                 else _too_few(ferd, plain, question))
     worst = "worst10" if get_dataset_spec(dataset).num_classes >= 100 else "worst"
-    c = compare(ferd, plain, "pgd20", worst, "with reweighting", "without")
-    if c is not None:
-        lines.append(f"- And the {METRIC_WORDS[worst]} PGD-20 accuracy? {c.text(worst)}.")
-    return lines
+    c = compare(ferd, plain, "pgd20", worst)
+    question = f"Does reweighting raise the {METRIC_WORDS[worst]} PGD-20 accuracy?"
+    items.append(Claim(question, {"without": c}, worst, True, a_label="with reweighting") if c is not None
+                 else _too_few(ferd, plain, question))
+    return items
 
 
-def _utae_spread(runs: Sequence[Run], student: str) -> List[str]:
-    """Fig. 9: do UTAEs spread the attack's targets? Target entropy of the student's PGD-20 errors."""
+def _one_sample(values: np.ndarray, reference: float) -> Test:
+    """The t-test of a seed mean against a fixed reference, as a Test (b = the reference, no spread)."""
+    mean, sd, n = float(values.mean()), float(values.std(ddof=1)), len(values)
+    se = sd / np.sqrt(n)
+    diff = mean - reference
+    p = float(2 * stats.t.sf(abs(diff) / se, n - 1)) if se > 0 else (0.0 if diff else 1.0)
+    q = float(stats.t.ppf(0.5 + SIGNIFICANCE_LEVEL / 2, n - 1))
+    return Test(mean, reference, diff, se, n - 1, p, diff - q * se, diff + q * se, (n, 0), False, (sd, 0.0))
+
+
+def _utae_spread(runs: Sequence[Run], student: str) -> List[Item]:
+    """Fig. 9: do UTAEs spread the attack's targets? Target entropy of the student's PGD-20 errors (a
+    per-run number: the test has the seed term only, the outcomes do not record the predicted class)."""
     ferd = _ferd_rows(runs, student)
     plain = _ferd_rows(runs, student, utae=False)
     if not ferd or not plain:
@@ -156,27 +216,29 @@ def _utae_spread(runs: Sequence[Run], student: str) -> List[str]:
         return [float(r.result["attacks"]["pgd20"]["target_entropy_norm"]) for r in group
                 if r.result["attacks"].get("pgd20", {}).get("target_entropy_norm") is not None]
 
-    a, b = entropies(ferd), entropies(plain)
-    if not a or not b:
-        return []
-    diff = np.mean(a) - np.mean(b)
-    spread = ""
-    if len(a) > 1 and len(b) > 1:
-        se = float(np.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b)))
-        spread = f", standard error of the difference {se:.3f} over seeds ({len(a)} and {len(b)})"
-        verdict = "yes" if diff > 2 * se else "no"
-    else:
-        verdict = "cannot tell (one seed)"
-    return [f"- Do UTAEs spread the attack's targets (Fig. 9)? **{verdict}**: normalised target entropy of the student's "
-            f"PGD-20 errors (1 = spread evenly over the classes) {np.mean(a):.3f} with UTAEs against {np.mean(b):.3f} "
-            f"without: {diff:+.3f}{spread}."]
+    question = "Do UTAEs spread the attack's targets (Fig. 9)?"
+    t = welch_test(entropies(ferd), entropies(plain), level=SIGNIFICANCE_LEVEL)
+    if t is None:
+        return [_too_few(ferd, plain, question)]
+    return [Claim(question, {"without": t}, "entropy", True, a_label="with UTAEs",
+                  detail="normalised target entropy of the student's PGD-20 errors (1 = spread evenly)")]
+
+
+def _render(items: List[Item]) -> List[str]:
+    """Holm over the claims among `items` (one family), then every item as its line."""
+    claims = [it for it in items if isinstance(it, Claim)]
+    for claim, adj in zip(claims, holm([c.p for c in claims])):
+        claim.adjusted, claim.family = adj, len(claims)
+    return [it.text() if isinstance(it, Claim) else it for it in items]
 
 
 def claims_section(results: Folders) -> str:
     """Markdown: per setup and student, one answered sentence per claim of the paper."""
     runs = load_runs(results)
-    out: List[str] = ["**Claims.** Each claim of the paper, answered from the runs (95% two-level bootstrap "
-                      "intervals of the difference: seeds, then test images per class).", ""]
+    out: List[str] = ["**Claims.** Each claim of the paper, answered from the runs: every comparison is a Welch t-test "
+                      "on the seed means with the test-image variance folded in (95% intervals of the difference; "
+                      "images paired where the results carry per-image outcomes); the claims of one setup are one "
+                      "family, held at 5% by Holm (docs/reporting.md).", ""]
     any_setup = False
     for setup, setup_runs in group_by_setup(runs).items():
         if not any(method_info(r.method).proposed for r in setup_runs):
@@ -184,23 +246,24 @@ def claims_section(results: Folders) -> str:
         any_setup = True
         worst = "worst10" if get_dataset_spec(setup.dataset).num_classes >= 100 else "worst"
         blocks = _method_table_blocks(setup_runs)
+        items: List[Item] = []
         for student in sorted({r.student for r in setup_runs}, key=lambda a: (student_family(a) != "resnet18", a)):
-            rows = blocks.get(student, [])
-            out.append(f"*{setup.dataset}, teacher `{setup.teacher}`, preset `{setup.preset}`, defaults "
-                       f"v{setup.defaults_version}, student {student}:*")
-            out.append("")
-            out += _head_to_head(setup_runs, rows, student, worst)
-            out += _reweighting(setup_runs, student, setup.dataset)
-            out += _utae_spread(setup_runs, student)
-            out.append("")
+            items.append(f"*{setup.dataset}, teacher `{setup.teacher}`, preset `{setup.preset}`, defaults "
+                         f"v{setup.defaults_version}, student {student}:*")
+            items.append("")
+            items += _head_to_head(setup_runs, blocks.get(student, []), student, worst)
+            items += _reweighting(setup_runs, student, setup.dataset)
+            items += _utae_spread(setup_runs, student)
+            items.append("")
+        out += _render(items)
     if not any_setup:
         out.append("No FERD runs under these folders.")
     return "\n".join(out) + "\n"
 
 
 def _method_table_blocks(runs: Sequence[Run]) -> Dict[str, List[BuiltRow]]:
-    """The rows of the method table (1, 2 or 5) per student, built once from this setup's runs: what
-    'the best baseline' of a column is, the same as in the table."""
+    """The rows of the method table (1, 2 or 5) per student, built once from this setup's runs: which
+    baselines have runs (the claims compare FERD with each of them)."""
     spec = TABLES.get(METHOD_TABLE_OF.get(runs[0].result["dataset"], "1"))
     table = build_table_for(spec, runs[0].setup, list(runs), ATTACK_ORDER)
     return dict(table.blocks)

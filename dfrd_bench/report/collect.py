@@ -148,12 +148,17 @@ def load_runs(folders: Folders) -> List[Run]:
         if r.get("kind") != "run":
             continue
         run = Run(r)
-        key = (run.setup, run.student, run.method, run.variant,
-               tuple(sorted((k, repr(v)) for k, v in run.method_overrides.items())), run.seed)
+        key = group_key(run) + (run.seed,)
         prev = latest.get(key)
         if prev is None or _created(r) >= _created(prev.result):
             latest[key] = run
     return list(latest.values())
+
+
+def group_key(run: Run) -> Tuple:
+    """What runs that are seeds of one another share: setup, student, method, variant and method settings."""
+    return (run.setup, run.student, run.method, run.variant,
+            tuple(sorted((k, repr(v)) for k, v in run.method_overrides.items())))
 
 
 def _created(result: Dict[str, Any]) -> str:

@@ -17,7 +17,9 @@ from ..errors import DfrdError
 from ..attacks import ATTACK_ORDER
 from ..data.specs import get_dataset_spec
 from ..method import method_info, table_order
-from ..metrics import bootstrap_difference, bootstrap_worst
+from ..inference import ALPHA, RunEval, Test, compare as compare_groups, holm, interval
+from ..metrics import bootstrap_worst
+from ..provenance import describe_provenance
 from ..registry import Registry
 from .collect import (Folders, HIGHER_IS_BETTER, Cell, Run, Setup, describe_sources, group_by_setup, load_model_evals,
                       load_runs, matches, teacher_attacks)
@@ -28,7 +30,7 @@ METRIC_LABELS = {"avg": "Avg", "worst": "Worst", "worst10": "Worst-10%", "nsd": 
 # Method rows, labels and order come from each method's MethodInfo (dfrd_bench.method): a plugin's
 # method appears in the method tables (1, 2, 5), Table 8 (with rslad_stage) and every figure as soon
 # as it has runs, with no edit here.
-SIGNIFICANCE_LEVEL = 0.95
+SIGNIFICANCE_LEVEL = 1 - ALPHA   # of every mark and claim (dfrd_bench.inference)
 # What makes a FERD run the method the paper's numbers came from (docs/methods/ferd.md): UTAEs on the
 # student and crop+flip student batches (also FERD's MethodInfo.row_settings, which its rows in Tables 1,
 # 2 and 5 read; tests/test_plugins.py checks the two agree). Runs made with the printed Eq. 10 (UTAEs on the teacher:
@@ -182,10 +184,13 @@ class BuiltRow:
     marks: Dict[Tuple[str, str], str] = field(default_factory=dict)   # 'best' | 'second'
     seeds: int = 0
     method: str = ""
-    # against the best baseline of the column: 'ref' (that baseline), 'better' | 'worse' (significant)
+    # the proposed method's cells: 'better' (than every baseline) | 'worse' (than at least one), after
+    # Holm over the table's family of marks; `tests` holds each comparison, `cell_p` the cell's p-value
     significance: Dict[Tuple[str, str], str] = field(default_factory=dict)
+    tests: Dict[Tuple[str, str], Dict[str, Test]] = field(default_factory=dict, repr=False)
+    cell_p: Dict[Tuple[str, str], float] = field(default_factory=dict)
     cost: Dict[str, "Cell"] = field(default_factory=dict)              # 'train' | 'eval': CPU-minutes per run
-    evaluations: Dict[str, List[Tuple[List[Optional[float]], List[int]]]] = field(default_factory=dict, repr=False)
+    evaluations: Dict[str, List[RunEval]] = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -286,34 +291,47 @@ def _build(spec: TableSpec, setup: Setup, runs: List[Run], rows_spec: Sequence[R
             if ci:
                 for a, m in columns:
                     if m in ("worst", "worst10") and row.evaluations[a]:
-                        b = bootstrap_worst(row.evaluations[a], fraction=0.1 if m == "worst10" else None)
-                        row.ci[(a, m)] = (b["low"], b["high"])
+                        row.ci[(a, m)] = _interval(row.evaluations[a], m)
             rows.append(row)
         _deltas(rows, rows_spec, columns)
         if spec.mark_best:
             _mark(rows, columns)
         if spec.compare and ci:
-            _test_against_best_baseline(rows, columns)
+            _test_against_every_baseline(rows, columns)
         blocks.append((student, rows))
+    if spec.compare and ci:
+        mark_family([r for _, rows in blocks for r in rows], columns)
     table = BuiltTable(spec.number, spec.caption, columns, blocks, [],
                        block_title="Student" if spec.per_student else "", cost=spec.compare)
     table.notes = _notes(table, setup, runs, published is not None, ci, published)
     return table
 
 
-def evaluations_of(runs: Sequence[Run], attack: str) -> List[Tuple[List[Optional[float]], List[int]]]:
-    """(per-class accuracy, per-class image count) of `attack` in each run that has it: what the
-    bootstrap resamples."""
+def evaluations_of(runs: Sequence[Run], attack: str) -> List[RunEval]:
+    """Each run's evaluation under `attack` (per-class numbers and, when recorded, per-image outcomes):
+    what the significance test and the intervals read."""
     out = []
     for r in runs:
         entry = r.result["attacks"].get(attack)
         if entry and entry.get("per_class") and entry.get("per_class_n"):
-            out.append((entry["per_class"], entry["per_class_n"]))
+            out.append(RunEval.from_entry(entry))
     return out
 
 
+def _interval(evaluations: Sequence[RunEval], metric: str) -> Tuple[float, float]:
+    """The interval of a worst cell: the t-interval over seeds with the image-level variance
+    (inference.interval); with one seed, the image-only percentile bootstrap of the old path."""
+    if len(evaluations) >= 2:
+        found = interval(evaluations, metric, SIGNIFICANCE_LEVEL)
+        if found is not None:
+            return found
+    b = bootstrap_worst([(e.per_class, e.per_class_n) for e in evaluations], fraction=0.1 if metric == "worst10" else None)
+    return b["low"], b["high"]
+
+
 def best_baseline(rows: Sequence[BuiltRow], column: Tuple[str, str]) -> Optional[BuiltRow]:
-    """The baseline row (not the proposed method, MethodInfo.proposed) with the best mean in `column`, or None."""
+    """The baseline row (not the proposed method, MethodInfo.proposed) with the best mean in `column`, or
+    None. Descriptive only (the claims name it): no test is made against it alone."""
     base = [r for r in rows if not method_info(r.method).proposed and r.cells[column].mean is not None]
     if not base:
         return None
@@ -321,22 +339,47 @@ def best_baseline(rows: Sequence[BuiltRow], column: Tuple[str, str]) -> Optional
     return max(base, key=lambda r: sign * r.cells[column].mean)
 
 
-def _test_against_best_baseline(rows: List[BuiltRow], columns) -> None:
-    """Mark every cell whose difference from its column's best baseline is significant at
-    SIGNIFICANCE_LEVEL: a two-level percentile bootstrap (seeds, then test images per class) of the
-    difference of the seed means, `metrics.bootstrap_difference`."""
-    for c in columns:
-        ref = best_baseline(rows, c)
-        if ref is None or not ref.evaluations.get(c[0]):
+def _test_against_every_baseline(rows: List[BuiltRow], columns) -> None:
+    """Test each cell of a proposed method (MethodInfo.proposed) against every baseline row of its block
+    with runs (inference.compare); baselines with fewer than two seeds cannot be tested, and a cell is
+    only tested when every baseline with runs can be."""
+    baselines = [r for r in rows if not method_info(r.method).proposed and r.seeds]
+    for row in rows:
+        if not method_info(row.method).proposed or row.seeds < 2 or not baselines:
             continue
-        ref.significance[c] = "ref"
-        for row in rows:
-            if row is ref or row.cells[c].mean is None or not row.evaluations.get(c[0]):
-                continue
-            test = bootstrap_difference(row.evaluations[c[0]], ref.evaluations[c[0]], c[1], level=SIGNIFICANCE_LEVEL)
-            if test["significant"]:
-                better = (test["diff"] > 0) == HIGHER_IS_BETTER[c[1]]
-                row.significance[c] = "better" if better else "worse"
+        for c in columns:
+            tests = {}
+            for base in baselines:
+                t = compare_groups(row.evaluations.get(c[0], []), base.evaluations.get(c[0], []), c[1], SIGNIFICANCE_LEVEL)
+                if t is None:
+                    break
+                tests[base.label] = t
+            else:
+                row.tests[c] = tests
+
+
+def cell_pvalue(tests: Dict[str, Test], higher_is_better: bool) -> Tuple[float, str]:
+    """(p, direction) of one cell against K baselines: 'better' than every baseline is an intersection-union
+    test (p = the largest p, every difference in the proposed method's favour); 'worse' than at least one
+    is a union, Bonferroni within the cell (p = K x the smallest p of the unfavourable differences)."""
+    favourable = {k: (t.diff > 0) == higher_is_better and t.diff != 0 for k, t in tests.items()}
+    if all(favourable.values()):
+        return max(t.p for t in tests.values()), "better"
+    worst_p = min(t.p for k, t in tests.items() if not favourable[k])
+    return min(1.0, len(tests) * worst_p), "worse"
+
+
+def mark_family(rows: Sequence[BuiltRow], columns, alpha: float = ALPHA) -> None:
+    """Holm over the family of every tested cell of the proposed method(s) in one table: a mark is set
+    where the cell's Holm-adjusted p-value is below alpha, so the chance of any false mark in the table
+    is at most alpha."""
+    cells = [(row, c) for row in rows for c in columns if c in row.tests]
+    pd = [cell_pvalue(row.tests[c], HIGHER_IS_BETTER[c[1]]) for row, c in cells]
+    adjusted = holm([p for p, _ in pd])
+    for (row, c), (p, direction), adj in zip(cells, pd, adjusted):
+        row.cell_p[c] = adj
+        if adj < alpha:
+            row.significance[c] = direction
 
 
 def _deltas(rows: List[BuiltRow], rows_spec: Sequence[RowSpec], columns) -> None:
@@ -380,6 +423,8 @@ def _notes(table: BuiltTable, setup: Setup, runs: List[Run], paper: bool, ci: bo
                      f"{len(runs)} run{'s' if len(runs) != 1 else ''} in this setup.")
         for line in describe_sources(runs):
             notes.append(f"Data: {line}.")
+        for line in describe_provenance([r.result for r in runs]):
+            notes.append(f"Provenance: {line}.")
     else:
         notes.append("No runs of ours in the results folder for this table.")
     if table.columns and any(m == "nsd" for _, m in table.columns):
@@ -390,18 +435,22 @@ def _notes(table: BuiltTable, setup: Setup, runs: List[Run], paper: bool, ci: bo
     if seeds and seeds != [1]:
         notes.append("Cells over several seeds show mean ± sample std; n = number of seeds.")
     if ci:
-        notes.append("Worst cells: [95% percentile bootstrap interval], resampling the seeds and, within each, the "
-                     "test images per class (2,000 draws; the minimum is biased low when several classes are close "
-                     "to it).")
-        if any(r.significance for _, rows in table.blocks for r in rows):
-            proposed = " and ".join(dict.fromkeys(r.label for _, rows in table.blocks for r in rows
-                                                  if method_info(r.method).proposed)) or "no method"
-            notes.append(f"† the best baseline of the column ({proposed} excluded); ▲ / ▼ significantly better / worse than "
-                         "it at 95%: percentile bootstrap of the difference of seed means, resampling seeds and then "
-                         "test images per class on each side independently (4,000 draws; `metrics.bootstrap_difference`).")
-            if any(r.seeds == 1 for _, rows in table.blocks for r in rows):
-                notes.append("A mark on a row with one seed tests test-image noise only: seed-to-seed spread, often larger, "
-                             "is not in it until a row has several seeds.")
+        notes.append("Worst cells: [95% interval]: over several seeds the t-interval of the seed mean with the "
+                     "test-image variance folded in (`inference.interval`); with one seed the percentile bootstrap "
+                     "of the test images only (2,000 draws), which says nothing about seed-to-seed spread.")
+        proposed_rows = [r for _, rows in table.blocks for r in rows if method_info(r.method).proposed]
+        tested = sum(len(r.tests) for r in proposed_rows)
+        if tested:
+            proposed = " and ".join(dict.fromkeys(r.label for r in proposed_rows))
+            paired = all(t.paired for r in proposed_rows for ts in r.tests.values() for t in ts.values())
+            notes.append(f"▲ {proposed} significantly better than every baseline with runs; ▼ significantly worse than "
+                         f"at least one (docs/reporting.md). Each comparison: Welch t-test on the seed means with the "
+                         f"test-image variance folded in ({'paired on per-image outcomes' if paired else 'images paired where the results carry per-image outcomes, else unpaired'}); "
+                         f"▲ needs every comparison (intersection-union), ▼ one (Bonferroni within the cell); the family "
+                         f"is the {tested} tested cells of this table, held at 5% by Holm.")
+        elif proposed_rows:
+            notes.append("No marks: a cell is tested only when the proposed method and every baseline with runs have "
+                         "at least two seeds (a single run says nothing about seed-to-seed spread).")
     if table.cost:
         notes.append("CPU-min: training and evaluation cost of one run (process CPU time over all threads; wall-clock "
                      "x threads for results that do not record it), mean over seeds, so robustness per unit of compute "
@@ -480,8 +529,8 @@ def _cell_text(row: BuiltRow, c: Tuple[str, str], fmt: str) -> str:
             text += f" ({row.delta[c]:+.2f})"
         sig = row.significance.get(c)
         if sig:
-            text += {"ref": " †", "better": " ▲", "worse": " ▼"}[sig] if fmt == "markdown" else \
-                {"ref": r" $^\dagger$", "better": r" $\blacktriangle$", "worse": r" $\blacktriangledown$"}[sig]
+            text += {"better": " ▲", "worse": " ▼"}[sig] if fmt == "markdown" else \
+                {"better": r" $\blacktriangle$", "worse": r" $\blacktriangledown$"}[sig]
         mark = row.marks.get(c)
         if mark == "best":
             text = f"**{text}**" if fmt == "markdown" else rf"\textbf{{{text}}}"
