@@ -491,3 +491,16 @@ def test_sweep_grids_refuse_empty_lists_and_merge_equal_points(tmp_path):
     kept = plan(spec_from({**base, "grid": {"gamma": [0.1, "1/10"]}}))
     assert len(kept) == 1 and kept[0].run_dir == other.run_dir and kept[0].status == "resume"
     assert kept[0].merged == [{"gamma": "0.1"}]
+
+
+def test_ablation_rows_are_tested_against_the_full_method(tmp_path):
+    folder = tmp_path / "r"
+    _seeds(folder, "ferd", [[40 + s] * 9 + [9] for s in (0, 1, 2)])
+    for seed, base in enumerate((20, 21, 22)):   # without FAEs: 19 points lower, seeds agree
+        write_result(_result("ferd", seed=seed, pgd=[base] * 9 + [9], overrides={"fae": False},
+                             config={"fae": False}), folder / f"nofae{seed}" / "result.json")
+    (table,) = build_tables("3", folder, attacks=["pgd20"], ci=True)
+    rows = {r.label: r for r in table.blocks[0][1]}
+    assert rows["w/o FAEs"].significance[("pgd20", "avg")] == "worse"
+    assert set(rows["w/o FAEs"].tests[("pgd20", "avg")]) == {"FERD"} and not rows["FERD"].tests
+    assert "significantly better / worse than FERD" in render_markdown(table)

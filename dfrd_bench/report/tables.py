@@ -64,9 +64,11 @@ class TableSpec:
     per_student: bool = True                  # one block of rows per student architecture
     mark_best: bool = True
     published_by_student: bool = True         # published ids are '<student family>/<row id>'
-    # method tables: each cell is tested against the best baseline of its column (with --ci) and the
+    # method tables: with --ci the proposed method's cells are tested against every baseline, and the
     # rows carry the CPU-minutes a run cost
     compare: bool = False
+    # ablation tables: with --ci every other row is tested against the row with this id (the full method)
+    test_against: Optional[str] = None
 
 
 TABLES: Registry[TableSpec] = Registry("table")
@@ -147,7 +149,7 @@ for _spec in (
         RowSpec("no-fae", "w/o FAEs", "ferd", _ferd(reweight=True, fae=False, utae=True)),
         RowSpec("no-utae", "w/o UTAEs", "ferd", _ferd(reweight=True, fae=True, utae=False)),
         RowSpec("no-fae-utae", "w/o FAEs, UTAEs", "ferd", _ferd(reweight=True, fae=False, utae=False)),
-    )),
+    ), test_against="ferd"),
     TableSpec("5", "Avg, Worst-10% and NSD on Tiny-ImageNet", "tinyimagenet", _ALL, _AWN,
               _method_rows("5"), published_by_student=False, compare=True),
     TableSpec("6", "FERD's reweighting strategies", None, ("clean", "fgsm", "pgd20"), _AWN, tuple(
@@ -298,8 +300,10 @@ def _build(spec: TableSpec, setup: Setup, runs: List[Run], rows_spec: Sequence[R
             _mark(rows, columns)
         if spec.compare and ci:
             _test_against_every_baseline(rows, columns)
+        if spec.test_against and ci:
+            _test_against_reference(rows, rows_spec, columns, spec.test_against)
         blocks.append((student, rows))
-    if spec.compare and ci:
+    if (spec.compare or spec.test_against) and ci:
         mark_family([r for _, rows in blocks for r in rows], columns)
     table = BuiltTable(spec.number, spec.caption, columns, blocks, [],
                        block_title="Student" if spec.per_student else "", cost=spec.compare)
@@ -358,6 +362,21 @@ def _test_against_every_baseline(rows: List[BuiltRow], columns) -> None:
                 row.tests[c] = tests
 
 
+def _test_against_reference(rows: List[BuiltRow], rows_spec: Sequence[RowSpec], columns, ref_id: str) -> None:
+    """Ablation tables: test every row with runs against the reference row (the full method), one
+    comparison per cell; the marks then say the ablated row is significantly better / worse than it."""
+    ref = next((row for rs, row in zip(rows_spec, rows) if rs.id == ref_id), None)
+    if ref is None or ref.seeds < 2:
+        return
+    for row in rows:
+        if row is ref or row.seeds < 2:
+            continue
+        for c in columns:
+            t = compare_groups(row.evaluations.get(c[0], []), ref.evaluations.get(c[0], []), c[1], SIGNIFICANCE_LEVEL)
+            if t is not None:
+                row.tests[c] = {ref.label: t}
+
+
 def cell_pvalue(tests: Dict[str, Test], higher_is_better: bool) -> Tuple[float, str]:
     """(p, direction) of one cell against K baselines: 'better' than every baseline is an intersection-union
     test (p = the largest p, every difference in the proposed method's favour); 'worse' than at least one
@@ -370,7 +389,8 @@ def cell_pvalue(tests: Dict[str, Test], higher_is_better: bool) -> Tuple[float, 
 
 
 def mark_family(rows: Sequence[BuiltRow], columns, alpha: float = ALPHA) -> None:
-    """Holm over the family of every tested cell of the proposed method(s) in one table: a mark is set
+    """Holm over the family of every tested cell in one table (the proposed method's in a method table,
+    the ablated rows' in an ablation table): a mark is set
     where the cell's Holm-adjusted p-value is below alpha, so the chance of any false mark in the table
     is at most alpha."""
     cells = [(row, c) for row in rows for c in columns if c in row.tests]
@@ -440,7 +460,13 @@ def _notes(table: BuiltTable, setup: Setup, runs: List[Run], paper: bool, ci: bo
                      "of the test images only (2,000 draws), which says nothing about seed-to-seed spread.")
         proposed_rows = [r for _, rows in table.blocks for r in rows if method_info(r.method).proposed]
         tested = sum(len(r.tests) for r in proposed_rows)
-        if tested:
+        ablation_tests = [t for _, rows in table.blocks for r in rows for ts in r.tests.values() for t in ts.values()]
+        if ablation_tests and not table.cost:
+            ref = next(iter(next(ts for _, rows in table.blocks for r in rows for ts in r.tests.values())))
+            notes.append(f"▲ / ▼ the row significantly better / worse than {ref} (docs/reporting.md): Welch t-test on "
+                         f"the seed means with the test-image variance folded in; the family is the "
+                         f"{len(ablation_tests)} tested cells of this table, held at 5% by Holm.")
+        elif tested:
             proposed = " and ".join(dict.fromkeys(r.label for r in proposed_rows))
             paired = all(t.paired for r in proposed_rows for ts in r.tests.values() for t in ts.values())
             notes.append(f"▲ {proposed} significantly better than every baseline with runs; ▼ significantly worse than "
