@@ -57,8 +57,10 @@ class Claim:
 
     def text(self) -> str:
         """The answer line, then one indented line per comparison."""
-        line = (f"- {self.question} **{self.answer}**{' (' + self.detail + ')' if self.detail else ''}: Holm-adjusted "
-                f"p = {self.adjusted:.3f} in a family of {self.family}")
+        line = f"- {self.question} **{self.answer}**"
+        if self.detail:
+            line += f" — {self.detail}"
+        line += f". Holm-adjusted p = {self.adjusted:.3f} in a family of {self.family}"
         if self.answer == "not significantly":
             line += f"; {self.seeds_text()}"
         return "\n".join([line + "."] + [f"  - {self._comparison(label, t)}" for label, t in self.tests.items()])
@@ -83,11 +85,14 @@ class Claim:
             label, n = max(needs.items(), key=lambda kv: float("inf") if kv[1] is None else kv[1])
         else:
             label, n = min(needs.items(), key=lambda kv: float("inf") if kv[1] is None else kv[1])
-        against = f" (against {label})" if len(self.tests) > 1 else ""
+        t = self.tests[label]
+        ahead = (t.diff > 0) == self.higher_is_better
+        what = (f"the comparison with {label} ({self.a_label} {'ahead' if ahead else 'behind'})" if len(self.tests) > 1
+                else "it")
         if n is None:
-            return f"more than 100 seeds per method would be needed to decide it{against} at the observed difference"
-        return (f"about {n} seeds per method would decide it{against} (80% power at the observed difference and seed "
-                f"spread, two-sided at {alpha:.4f}: a power calculation)")
+            return f"more than 100 seeds per method would be needed to decide {what} at the observed difference"
+        return (f"about {n} seeds per method would decide {what} (a power calculation: 80% power at the observed "
+                f"difference and seed spread, two-sided at {alpha:.4f})")
 
 
 def compare(a: Sequence[Run], b: Sequence[Run], attack: str, metric: str,
@@ -174,8 +179,8 @@ def _reweighting(runs: Sequence[Run], student: str, dataset: str) -> List[Item]:
         uniform = 1.0 / w.shape[1]
         question = "Does reweighting raise the weakest class's weight above uniform (Fig. 4)?"
         rank = int((w.mean(0) > w.mean(0)[k]).sum()) + 1
-        detail = (f"{name}, the weakest class under PGD-20 without reweighting, p in FERD's last epoch "
-                  f"(uniform {uniform:.3f}; rank {rank} of {w.shape[1]})")
+        detail = (f"{name}, the weakest class under PGD-20 without reweighting, its weight p in FERD's last "
+                  f"epoch, uniform {uniform:.3f}, rank {rank} of {w.shape[1]}")
         if len(w) >= 2:
             t = _one_sample(w[:, k], uniform)
             items.append(Claim(question, {"uniform": t}, "weight", True, a_label="p", detail=detail))
@@ -221,7 +226,7 @@ def _utae_spread(runs: Sequence[Run], student: str) -> List[Item]:
     if t is None:
         return [_too_few(ferd, plain, question)]
     return [Claim(question, {"without": t}, "entropy", True, a_label="with UTAEs",
-                  detail="normalised target entropy of the student's PGD-20 errors (1 = spread evenly)")]
+                  detail="normalised target entropy of the student's PGD-20 errors, 1 = spread evenly")]
 
 
 def _render(items: List[Item]) -> List[str]:
