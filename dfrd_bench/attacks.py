@@ -14,6 +14,7 @@ from typing import Callable, Dict, Optional
 import torch
 import torch.nn.functional as F
 
+from .acceleration import to_device
 from .registry import Registry
 
 # objective(x_adv) -> per-sample values to MAXIMISE (shape [N])
@@ -27,8 +28,14 @@ def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
 
 def random_start(x: torch.Tensor, eps: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     noise = torch.rand(x.shape, generator=generator, device="cpu" if generator is not None else x.device)
-    noise = noise.to(x.device, x.dtype).mul_(2 * eps).sub_(eps)
+    noise = to_device(noise, x.device).to(x.dtype).mul_(2 * eps).sub_(eps)
     return (x + noise).clamp_(0.0, 1.0)
+
+
+def fp32_pixels(x: torch.Tensor) -> torch.Tensor:
+    """Images in fp32 (precision rule 2, dfrd_bench/acceleration.py): a bf16 or fp16 batch (a
+    generator's output under autocast) is widened; fp32 and fp64 are returned as they are."""
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
 
 
 def sign_ascent(
@@ -48,10 +55,14 @@ def sign_ascent(
     bounded=False drops the eps ball (only [0,1] is kept), for unconstrained examples such as
     DFHL's high-entropy examples. on_step(t, x_adv) is called with the start (t=0) and after
     every step (t=1..steps), e.g. to record when an example is first misclassified.
+
+    The pixels, the steps and the projection are fp32 whatever the input's dtype and any autocast
+    around the call (only the objective's model passes run in reduced precision): a bf16 image
+    stepped in bf16 leaves the eps ball by rounding (8/255 + 1 ulp of bf16 near 1 is 0.0332).
     """
-    x = x.detach()
+    x = fp32_pixels(x.detach())
     if start is not None:
-        x_adv = start.detach().clone()
+        x_adv = fp32_pixels(start.detach()).clone()
     elif rand_init and eps > 0:
         x_adv = random_start(x, eps, generator)
     else:

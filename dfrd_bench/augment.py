@@ -6,15 +6,18 @@ from typing import Optional
 
 import torch
 
+from .acceleration import to_device
+
 
 def random_crop_flip(x: torch.Tensor, padding: int = 4, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Zero-pad by `padding`, take a random crop of the original size, flip half the batch."""
     n, c, h, w = x.shape
     dev = x.device
     padded = torch.nn.functional.pad(x, (padding,) * 4)
-    oy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(dev)
-    ox = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(dev)
-    flip = torch.rand(n, generator=generator).to(dev) < 0.5
+    # drawn on the generator's device (the CPU for a run's seeded stream), copied without a host sync
+    oy = to_device(torch.randint(0, 2 * padding + 1, (n,), generator=generator), dev)
+    ox = to_device(torch.randint(0, 2 * padding + 1, (n,), generator=generator), dev)
+    flip = to_device(torch.rand(n, generator=generator), dev) < 0.5
     rows = oy[:, None] + torch.arange(h, device=dev)[None]
     cols = ox[:, None] + torch.arange(w, device=dev)[None]
     cols = torch.where(flip[:, None], cols.flip(1), cols)

@@ -31,6 +31,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
+from .acceleration import fp32_region, ieee_fp32
 from .attacks import AttackSettings, kl_objective
 from .config import resolve_config
 from .data import ImageSet
@@ -43,6 +44,9 @@ from .utils import atomic_write_json, pick_device, seed_everything
 
 PASS_NAMES = ("teacher_forward", "teacher_input_grad", "teacher_head_grad", "student_forward",
               "student_input_grad", "student_train")
+# The evaluator's passes: the student in IEEE fp32, eager (acceleration.py, rule 4), whatever the run's
+# `precision` and `compile`; measured apart when training passes run in bf16 or compiled.
+EVAL_PASS_NAMES = ("eval_student_forward", "eval_student_input_grad")
 
 
 class BenchError(DfrdError, ValueError):
@@ -122,7 +126,7 @@ def measure_passes(ctx: MethodContext, x: torch.Tensor, repeats: int, warmup: in
     def head_grad() -> None:
         h = feats.detach().clone().requires_grad_(True)
         with accel.autocast():
-            loss = teacher.forward_from(h).float().logsumexp(1).sum()
+            loss = teacher.forward_from(h, x).float().logsumexp(1).sum()
         torch.autograd.grad(loss, [h])
 
     sync = _sync_for(x.device)
@@ -134,9 +138,36 @@ def measure_passes(ctx: MethodContext, x: torch.Tensor, repeats: int, warmup: in
             out["teacher_head_grad"] = _median_time(head_grad, repeats, warmup, sync)
         out["student_forward"] = _median_time(lambda: forward(student), repeats, warmup, sync)
         out["student_input_grad"] = _median_time(lambda: input_grad(accel.attack_model(student)), repeats, warmup, sync)
+        out.update(measure_eval_passes(ctx, x, repeats, warmup, out))
     with model_mode(student, train=True):
         out["student_train"] = _median_time(train_step, repeats, warmup, sync)
     return out
+
+
+def measure_eval_passes(ctx: MethodContext, x: torch.Tensor, repeats: int, warmup: int,
+                        training: Dict[str, float]) -> Dict[str, float]:
+    """The evaluator's student passes (forward; forward + input gradient) as the evaluator runs them:
+    IEEE fp32 and eager. Where the run's own passes are that already (fp32, not compiled) they are the
+    same passes and are not timed twice."""
+    accel, student = ctx.accel, ctx.student
+    if accel.dtype is None and not accel.compile_attacks:
+        return {"eval_student_forward": training["student_forward"],
+                "eval_student_input_grad": training["student_input_grad"]}
+    probs = torch.full((len(x), ctx.num_classes), 1.0 / ctx.num_classes, device=x.device)
+
+    def forward() -> None:
+        with torch.no_grad(), ieee_fp32(), fp32_region(x.device):
+            student(x)
+
+    def input_grad() -> None:
+        xa = x.detach().clone().requires_grad_(True)
+        with ieee_fp32(), fp32_region(x.device):
+            loss = kl_objective(student, probs)(xa).sum()
+            torch.autograd.grad(loss, [xa])
+
+    sync = _sync_for(x.device)
+    return {"eval_student_forward": _median_time(forward, repeats, warmup, sync),
+            "eval_student_input_grad": _median_time(input_grad, repeats, warmup, sync)}
 
 
 def stage_bound(counts: Optional[Dict[str, float]], passes: Dict[str, float]) -> Optional[float]:
@@ -152,7 +183,10 @@ def eval_bound(attack: str, settings: AttackSettings, passes: Dict[str, float], 
     steps = {"clean": 0, "fgsm": 1, "pgd20": settings.pgd_steps, "cw": settings.cw_steps}.get(attack)
     if steps is None:
         return None  # AutoAttack: adaptive, no fixed number of passes
-    per_batch = steps * passes["student_input_grad"] + passes["student_forward"]
+    # the evaluator's passes (fp32, eager); a report made before they were timed apart has the run's only
+    grad = passes.get("eval_student_input_grad", passes["student_input_grad"])
+    forward = passes.get("eval_student_forward", passes["student_forward"])
+    per_batch = steps * grad + forward
     return per_batch * images / batch_size
 
 

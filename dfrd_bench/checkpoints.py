@@ -114,7 +114,9 @@ def load_model(path: Union[str, Path], arch: Optional[str] = None, num_classes: 
         raise CheckpointError(f"{path}: the number of classes is unknown; pass --dataset")
     model = build_model(arch, num_classes, image_size or 32)
     state = extract_state_dict(raw)
-    found = _pick_layout(path, arch, state, model.net.state_dict(), layout, explicit_norm=chosen is not None,
+    # a dfrd-bench checkpoint carries its normalisation: its own (native) layout is no guess, even for an
+    # architecture whose keys another code base shares (ResNet-18 and pytorch-cifar's)
+    found = _pick_layout(path, arch, state, model.net.state_dict(), layout, explicit_norm=chosen is not None or ours,
                          num_classes=num_classes, image_size=image_size or 32, flags=flags)
     model.net.load_state_dict(found.state(state), strict=False)  # only BN step counters may be absent
     if chosen is None:

@@ -1,4 +1,4 @@
-"""The `dfrd-bench` command line: list, eval, run, bench, sweep, table, plot, teacher train/bundle."""
+"""The `dfrd-bench` command line: list, doctor, eval, run, bench, estimate, sweep, table, plot, teacher train/bundle/card."""
 from __future__ import annotations
 
 import dataclasses
@@ -149,8 +149,12 @@ def _presets_table(names, with_runner: bool) -> str:
 @click.argument("what", type=click.Choice(["datasets", "models", "layouts", "teachers", "attacks", "methods",
                                            "presets"]))
 @click.option("--method", "only", default=None, help="methods, presets: this method only")
+@click.option("--robustbench", is_flag=True,
+              help="teachers: every RobustBench Linf entry, its family, size and the methods it can teach")
+@click.option("--dataset", "rb_dataset", type=click.Choice(["cifar10", "cifar100"]), default=None,
+              help="teachers --robustbench: this dataset's entries only")
 @friendly
-def list_cmd(what: str, only: Optional[str]) -> None:
+def list_cmd(what: str, only: Optional[str], robustbench: bool, rb_dataset: Optional[str]) -> None:
     """List the datasets, models, checkpoint layouts, teachers, attacks, methods or presets the suite knows."""
     from tabulate import tabulate
 
@@ -180,6 +184,13 @@ def list_cmd(what: str, only: Optional[str]) -> None:
                 for lay in (NATIVE_LAYOUT,) + LAYOUTS]
         click.echo(tabulate(rows, headers=["layout", "--arch", "normalisation", "keys"],
                             maxcolwidths=[None, 30, None, 60]))
+    elif what == "teachers" and robustbench:
+        from .teachers import robustbench_rows
+
+        rows = [[r["name"], r["dataset"], r["family"], r["params"], r["methods"], r["note"]]
+                for r in robustbench_rows([rb_dataset] if rb_dataset else ["cifar10", "cifar100"])]
+        click.echo(tabulate(rows, headers=["robustbench:<name>", "dataset", "family", "params", "methods", "note"],
+                            maxcolwidths=[None, None, None, None, 40, 50]))
     elif what == "teachers":
         from .teachers import list_teachers
 
@@ -189,6 +200,27 @@ def list_cmd(what: str, only: Optional[str]) -> None:
         from .attacks import ATTACKS
 
         click.echo(tabulate([[n, ATTACKS.describe(n)] for n in ATTACKS.names()], headers=["attack", "description"]))
+
+
+# ---------------------------------------------------------------------------------------------- doctor
+@main.command("doctor")
+@click.option("--device", default="auto", show_default=True, help="where the compile check runs (auto: a GPU if any)")
+@click.option("--no-compile", is_flag=True, help="skip the tiny torch.compile check (tens of seconds on a CPU)")
+@click.option("--data-root", default=None, envvar="DFRD_DATA", help="where datasets are looked for (default $DFRD_DATA)")
+@click.option("--model-dir", default=None, envvar="DFRD_MODELS", help="robustbench model folder")
+@click.option("--out", default=None, help="also write the facts as JSON here")
+@friendly
+def doctor_cmd(device, no_compile, data_root, model_dir, out) -> None:
+    """What will and will not work here before a long run: torch, CUDA and the driver, GPUs and bf16,
+    torch.compile, the data root, AutoAttack, robustbench and the teachers."""
+    from .doctor import format_report, report
+    from .utils import atomic_write_json
+
+    facts = report(device=device, run_compile=not no_compile, data_root=data_root, model_dir=model_dir)
+    click.echo(format_report(facts))
+    if out:
+        atomic_write_json(out, facts, allow_nan=False)
+        click.echo(f"wrote {out}")
 
 
 # ---------------------------------------------------------------------------------------------- eval
@@ -440,6 +472,72 @@ def bench_cmd(method, dataset, preset, teacher, student, batch_size, device, rep
         click.echo(f"wrote {out}")
 
 
+# ---------------------------------------------------------------------------------------------- estimate
+def _fractions(text: str, what: str) -> Tuple[float, float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"write LOW,HIGH (e.g. 0.15,0.35), got {text!r}", param_hint=what) from None
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2:
+        raise click.BadParameter(f"write LOW,HIGH (e.g. 0.15,0.35), got {text!r}", param_hint=what)
+    return values[0], values[1]
+
+
+@main.command("estimate")
+@click.option("--method", required=True, help="a registered method (see `list methods`)")
+@click.option("--dataset", default="cifar10", show_default=True)
+@click.option("--preset", type=click.Choice(PRESET_NAMES), default="paper", show_default=True)
+@click.option("--teacher", default=None, help="teacher spec (default: the preset's; random:<arch> for any architecture)")
+@click.option("--student", default=None, help="student architecture (default: the preset's)")
+@click.option("--device", "devices", default="h100", show_default=True,
+              help="comma list of devices to time on: h100, h200, a100")
+@click.option("--utilization", default="0.1,0.35", show_default=True,
+              help="LOW,HIGH fraction of the training precision's peak that training passes reach")
+@click.option("--eval-utilization", default="0.3,0.6", show_default=True,
+              help="LOW,HIGH fraction of the fp32 peak that evaluation passes reach")
+@click.option("--clean-accuracy", type=float, default=0.8, show_default=True,
+              help="assumed clean accuracy of the student (points the evaluator attacks)")
+@click.option("--robust-accuracy", type=float, default=0.5, show_default=True,
+              help="assumed robust accuracy (points AutoAttack's later attacks see)")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="override any setting (repeatable)")
+@click.option("--out", default=None, help="write the estimate JSON here")
+@click.option("--into", default=None, metavar="FILE",
+              help="also put the parts as a Markdown table between <!-- BLOCK:start --> and <!-- BLOCK:end --> in FILE")
+@click.option("--block", default="estimate", show_default=True, help="the marker name for --into")
+@friendly
+def estimate_cmd(method, dataset, preset, teacher, student, devices, utilization, eval_utilization, clean_accuracy,
+                 robust_accuracy, sets, out, into, block) -> None:
+    """FLOPs of a whole run per part (generation, student stage, the method's extra passes, evaluation
+    with AutoAttack), counted from the run's real architectures, and its ESTIMATED time on named GPUs
+    at a stated utilisation (docs/speed.md)."""
+    from .config import parse_overrides
+    from .estimate import EstimateRequest, estimate, format_estimate
+    from .utils import atomic_write_json
+
+    overrides = parse_overrides(sets)
+    for key, value in (("teacher", teacher), ("student", student)):
+        if value is not None:
+            overrides[key] = value
+    req = EstimateRequest(method=method, dataset=dataset, preset=preset, overrides=overrides,
+                          devices=tuple(d.strip() for d in devices.split(",") if d.strip()),
+                          train_utilization=_fractions(utilization, "--utilization"),
+                          eval_utilization=_fractions(eval_utilization, "--eval-utilization"),
+                          clean_accuracy=clean_accuracy, robust_accuracy=robust_accuracy)
+    result = estimate(req)
+    click.echo(format_estimate(result))
+    if out:
+        atomic_write_json(out, result, allow_nan=False)
+        click.echo(f"wrote {out}")
+    if into:
+        from .estimate import markdown_table
+        from .utils import replace_between_markers
+
+        replace_between_markers(into, block, markdown_table(result, req.devices[0]))
+        click.echo(f"wrote the table into {into}")
+
+
 # ---------------------------------------------------------------------------------------------- sweep
 def _comma(text: Optional[str]):
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
@@ -631,6 +729,10 @@ def teacher_group() -> None:
 @click.option("--max-steps", type=int, default=None, help="stop after N optimiser steps (smoke runs)")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+              help="training passes: auto = bf16 autocast on CUDA, fp32 elsewhere")
+@click.option("--channels-last", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="channels-last weights: auto = on CUDA only")
 @click.option("--out", default="runs/teacher", show_default=True, help="run folder (resumable)")
 @click.option("--resume/--no-resume", default=True, show_default=True)
 @click.option("--eval-attacks", default="clean,pgd20", show_default=True, help="attacks for the final test evaluation ('' = none)")
@@ -638,8 +740,8 @@ def teacher_group() -> None:
 @click.option("--aa-limit", type=int, default=None)
 @friendly
 def teacher_train(arch, dataset, source, data_root, method, epochs, batch_size, lr, schedule, weight_decay, eps, step,
-                  attack_steps, trades_beta, val_size, limit_train, max_steps, seed, device, out, resume,
-                  eval_attacks, eval_limit, aa_limit) -> None:
+                  attack_steps, trades_beta, val_size, limit_train, max_steps, seed, device, precision, channels_last,
+                  out, resume, eval_attacks, eval_limit, aa_limit) -> None:
     """Adversarially train a teacher (resumable), then evaluate it on the test split."""
     from .config import check_seed
     from .store import write_result
@@ -650,7 +752,8 @@ def teacher_train(arch, dataset, source, data_root, method, epochs, batch_size, 
                              epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule,
                              weight_decay=weight_decay, eps=eps, step=step, attack_steps=attack_steps,
                              trades_beta=trades_beta, val_size=val_size, limit_train=limit_train,
-                             max_steps=max_steps, seed=seed, device=device, out=out)
+                             max_steps=max_steps, seed=seed, device=device, out=out, precision=precision,
+                             channels_last={"auto": None, "on": True, "off": False}[channels_last])
     trained = train_teacher(cfg, resume=resume, log=click.echo)
     click.echo(f"teacher written to {trained['checkpoint']}")
     if eval_attacks:
@@ -661,6 +764,30 @@ def teacher_train(arch, dataset, source, data_root, method, epochs, batch_size, 
                                 kind="teacher", extra={"recipe": dataclasses.asdict(cfg)})
         click.echo(_summary_table(result))
         click.echo(f"wrote {write_result(result, Path(out) / 'eval.json')}")
+
+
+@teacher_group.command("estimate")
+@click.option("--arch", default="resnet18", show_default=True)
+@click.option("--dataset", default="cifar10", show_default=True)
+@click.option("--method", type=click.Choice(["pgd", "trades", "fgsm-rs", "n-fgsm"]), default="n-fgsm", show_default=True)
+@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--attack-steps", type=int, default=10, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--device", "devices", default="h100", show_default=True, help="comma list: h100, h200, a100")
+@friendly
+def teacher_estimate(arch, dataset, method, epochs, attack_steps, batch_size, devices) -> None:
+    """FLOPs and ESTIMATED GPU time of `teacher train` with these settings (bf16 passes)."""
+    from .estimate import _hms, teacher_training_estimate
+
+    r = teacher_training_estimate(arch, method, epochs, dataset, attack_steps, batch_size,
+                                  devices=tuple(d.strip() for d in devices.split(",") if d.strip()))
+    click.echo(f"teacher train {arch} {method} x {epochs} epochs ({r['steps']:,} steps of {batch_size}): "
+               f"{r['total_flops'] / 1e15:,.1f} PFLOP")
+    for name, t in r["times"].items():
+        fast, slow = sorted(t["seconds"])
+        click.echo(f"ESTIMATE on one {t['device']}: {_hms(fast)} to {_hms(slow)} (bf16 passes at "
+                   f"{max(t['utilization']):.0%} to {min(t['utilization']):.0%} of peak; validation and evaluation "
+                   "not included)")
 
 
 @teacher_group.command("bundle")
@@ -678,6 +805,43 @@ def teacher_bundle(checkpoint, name, eval_json, train_command, dest, max_mb) -> 
 
     card = bundle_teacher(checkpoint, name, eval_json, train_command, dest, max_mb)
     click.echo(f"bundled {name}: {card['file']} ({card['size_bytes'] / 1e6:.2f} MB, sha256 {card['sha256'][:12]}...)")
+
+
+@teacher_group.command("card")
+@click.argument("spec")
+@click.option("--dataset", type=click.Choice(["cifar10", "cifar100"]), default="cifar10", show_default=True)
+@click.option("--model-dir", default=None, envvar="DFRD_MODELS", help="robustbench model folder")
+@click.option("--source", default=None, help="test images: official folder, image folder or .zip of one, or .npz")
+@click.option("--data-root", default=None, envvar="DFRD_DATA", help="where datasets are looked for")
+@click.option("--limit", type=int, default=None, help="clean and PGD-20 on a stratified subset of N test images "
+              "(default: all)")
+@click.option("--aa-limit", type=int, default=1000, show_default=True,
+              help="AutoAttack on a stratified subset of N test images")
+@click.option("--eps", default="8/255", callback=_eps, help="L-inf budget")
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--out", default=None, help="folder of the result JSON (default: results/teachers)")
+@click.option("--cards", default=None, help="folder of the card (default: teachers/robustbench)")
+@friendly
+def teacher_card(spec, dataset, model_dir, source, data_root, limit, aa_limit, eps, batch_size, seed, device, out,
+                 cards) -> None:
+    """Evaluate robustbench:NAME (clean, PGD-20, AutoAttack on a stated subset) and write its card, the one a
+    bundled teacher has: which checkpoint (sha256), its family and size, and how strong it is."""
+    import shlex
+
+    from .teachers import robustbench_card
+
+    for name, value in (("--limit", limit), ("--aa-limit", aa_limit), ("--batch-size", batch_size)):
+        if value is not None and value < 1:
+            raise click.BadParameter(f"must be at least 1, got {value}", param_hint=name)
+    words = [spec, "--dataset", dataset] + (["--limit", str(limit)] if limit else []) + ["--aa-limit", str(aa_limit),
+                                                                                       "--eps", f"{eps:.6g}"]
+    card = robustbench_card(spec, dataset, "dfrd-bench teacher card " + shlex.join(words), model_dir=model_dir,
+                            out=out, cards=cards, source=source, data_root=data_root, limit=limit, eps=eps,
+                            seed=seed, device=device, batch_size=batch_size, aa_limit=aa_limit)
+    click.echo(f"{spec} ({card['arch']}, {card['params'] / 1e6:.1f}M params, sha256 {card['sha256'][:12]}...): "
+               f"{card['summary']}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -21,7 +21,7 @@ import yaml
 from .errors import DfrdError
 from .utils import parse_fraction
 
-PRESET_NAMES = ("paper", "standard", "quick", "smoke")
+PRESET_NAMES = ("paper", "gpu", "standard", "quick", "smoke")
 # A preset may build on another: its layers go on top of the parent's (runner, method and variant
 # layers alike), so `standard` is `quick` with the budget raised and nothing else to keep in step.
 PRESET_PARENTS: Dict[str, str] = {"standard": "quick"}
@@ -86,6 +86,16 @@ RUNNER_PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
                      "batch_size": 512, "synthesis_batch_size": 512},
         # The paper's Tiny-ImageNet teacher (PreActResNet-34, TRADES) is not public: pass --teacher.
         "tinyimagenet": {"student": "preactresnet18", "batch_size": 512, "synthesis_batch_size": 512},
+    },
+    # One GPU run in about 5 minutes (issue 28; sized with `dfrd-bench estimate --preset gpu`, docs/speed.md):
+    # the paper's per-step settings (attack steps, batch 256, ResNet-18 student) with 20 epochs x (20
+    # generator + 100 student iterations) = 2,000 student steps (2.3 % of paper's 88,000), a
+    # ResNet-18 robust teacher trained by the suite on a GPU (results/gpu/make.sh: N-FGSM, 30 epochs), the full test split
+    # and AutoAttack on a class-stratified 1,000.
+    "gpu": {
+        "*": {"student": "resnet18", "epochs": 20, "gen_iters": 20, "student_iters": 100, "batch_size": 256,
+              "synthesis_batch_size": 256, "pool_max": None, "eval_limit": None, "aa_limit": 1000},
+        "cifar10": {"teacher": "gpu-resnet18-cifar10"},
     },
     # CPU-sized: the bundled CPU teacher, a small student, about 10 minutes on 2 cores.
     "quick": {

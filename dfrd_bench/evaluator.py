@@ -1,6 +1,7 @@
 """The one evaluator: clean, FGSM, PGD-20, CW-inf and AutoAttack, per class, for every model.
 
-Each attack runs batch by batch on the model's device; the perturbation of every batch is checked
+The evaluation is IEEE fp32 and eager (no autocast, no TF32: `acceleration.ieee_fp32`), whatever a
+run trained with. Each attack runs batch by batch on the model's device; the perturbation of every batch is checked
 against the eps ball and [0, 1] (a violation is a bug and raises). Each attack draws its random
 starts from its own generator seeded by (seed, attack name), so a number does not depend on which
 other attacks ran. The model is evaluated in eval mode with frozen parameters (restored afterwards).
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 
 import torch
 
+from .acceleration import fp32_region, ieee_fp32
 from .errors import DfrdError
 from .attacks import ATTACK_ORDER, ATTACKS, BATCH_DRAWS, AttackSettings
 from .data import ImageSet
@@ -159,6 +161,17 @@ def evaluate(
     """
     settings = settings or AttackSettings()
     dev = pick_device(device)
+    # IEEE fp32 and eager whatever the training used (precision rule 4, dfrd_bench/acceleration.py): no
+    # autocast, and no TF32 in cuDNN convolutions or cuBLAS matmuls (torch's default runs a GPU's fp32
+    # convolutions in TF32); the switches are restored afterwards
+    with ieee_fp32(), fp32_region(dev):
+        return _evaluate(model, data, attacks, settings, dev, batch_size, attack_limits, log, progress_path, shard)
+
+
+def _evaluate(model: torch.nn.Module, data: ImageSet, attacks: Sequence[str], settings: AttackSettings,
+              dev: torch.device, batch_size: int, attack_limits: Optional[Dict[str, int]],
+              log: Optional[Callable[[str], None]], progress_path: Optional[Union[str, Path]],
+              shard: Optional["EvalShard"]) -> Dict[str, Any]:
     model = model.to(dev)
     num_classes = data.num_classes
     if getattr(model, "num_classes", num_classes) != num_classes:

@@ -2,8 +2,8 @@
 
 - `py:path/to/file.py:factory` or `py:package.module:factory` names a function that builds the
   network (called with `num_classes=` when it takes it); a checkpoint, if given, is loaded into it
-  with the usual weights-only reader. A factory that returns a `StagedNet` exposes its stages
-  (FERD's layer l, attention transfer); any other module is opaque: logits only.
+  with the usual weights-only reader. Its stages (FERD's layer l, attention transfer) are read by
+  hooks on the module as it is, when models/stages.py knows them; otherwise it is opaque.
 - A TorchScript file (torch.jit.save) carries its own architecture and is recognised by its
   archive (a `code/` folder and `constants.pkl`). It can be evaluated; its layers cannot be hooked,
   so it cannot be the teacher of a method that reads BatchNorm statistics.
@@ -24,11 +24,10 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 
 from .checkpoints import CheckpointError, extract_state_dict, read_checkpoint, sha256_file
 from .errors import InputError, first_line
-from .models import Classifier, StagedNet
+from .models import Classifier
 from .models.layouts import NONE, Normalization, fit, NATIVE_LAYOUT
 
 PY_PREFIX = "py:"
@@ -38,50 +37,11 @@ PY_SYNTAX = "py:path/to/file.py:factory or py:package.module:factory"
 # ------------------------------------------------------------------------------------------------
 # Wrapping any module as a Classifier
 # ------------------------------------------------------------------------------------------------
-class _WideResNetStages(StagedNet):
-    """Stages for TRADES/RobustBench's WideResNet (conv1, block1-3, bn1+relu, pool, fc)."""
-
-    stage_names = ("conv1", "block1", "block2", "block3", "head")
-    feature_layer = "block3"
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def run_stage(self, name: str, h: torch.Tensor) -> torch.Tensor:
-        m = self.model
-        if name == "head":
-            h = m.relu(m.bn1(h))
-            return m.fc(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1))
-        return getattr(m, name)(h)
-
-
-class _Opaque(StagedNet):
-    """Any other external model: one stage, so it can be evaluated but exposes no inner layer."""
-
-    stage_names = ("body", "head")
-    feature_layer = None
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def run_stage(self, name: str, h: torch.Tensor) -> torch.Tensor:
-        return self.model(h) if name == "body" else h
-
-
 def wrap_external(model: torch.nn.Module, num_classes: int, arch: str,
                   mean: Sequence[float] = NONE[0], std: Sequence[float] = NONE[1]) -> Classifier:
-    """A Classifier around `model`: its own stages if it is a StagedNet, the WideResNet stages if it
-    has TRADES' attributes, else opaque. The default mean/std suit models that normalise inside."""
-    if isinstance(model, StagedNet):
-        net: StagedNet = model
-    elif not isinstance(model, torch.jit.ScriptModule) and all(
-            hasattr(model, a) for a in ("conv1", "block1", "block2", "block3", "bn1", "relu", "fc")):
-        net = _WideResNetStages(model)
-    else:
-        net = _Opaque(model)
-    return Classifier(net, num_classes, mean, std, arch=arch)
+    """A Classifier around `model` as it is: its forward runs unchanged and its stages, if any, are read
+    by hooks (models/stages.py). The default mean/std suit models that normalise inside."""
+    return Classifier(model, num_classes, mean, std, arch=arch)
 
 
 def check_logits(model: Classifier, num_classes: int, image_size: int, what: str) -> None:

@@ -1,5 +1,6 @@
 """The image generator the generator-based methods share (the CMI / Fast-Datafree architecture):
-Linear -> BN -> [upsample, conv, BN, LeakyReLU] x 2 -> conv -> sigmoid, so outputs are [0,1] images.
+Linear -> BN -> [upsample, conv, BN, LeakyReLU] x 2 -> conv -> sigmoid, so outputs are [0,1] images,
+always fp32 (it runs outside any autocast).
 
 With `num_classes` set it is conditional, g(z, y): the label's learned embedding multiplies z
 (FERD's Algorithm 1 writes g(z, y)); without, it is fed noise only (CMI, Fast, FERD's released code).
@@ -10,6 +11,8 @@ from typing import Optional
 
 import torch
 from torch import nn
+
+from .acceleration import fp32_region
 
 
 class Generator(nn.Module):
@@ -39,9 +42,15 @@ class Generator(nn.Module):
         if self.embed is not None:
             if y is None:
                 raise ValueError("this generator is conditional: pass labels y")
-            z = z * self.embed(y)
-        h = self.l1(z).view(z.shape[0], self.width * 2, self.init_size, self.init_size)
-        return self.conv_blocks(h)
+        # fp32 images whatever autocast surrounds the call (precision rule 2, dfrd_bench/acceleration.py):
+        # the generator is a few percent of a generation step's work, its output is what every later
+        # pass and attack starts from
+        with fp32_region(z.device):
+            z = z.float()
+            if self.embed is not None:
+                z = z * self.embed(y)
+            h = self.l1(z).view(z.shape[0], self.width * 2, self.init_size, self.init_size)
+            return self.conv_blocks(h)
 
     def reinit_first_layers(self, generator: Optional[torch.Generator] = None) -> None:
         """Fast-Datafree's late re-initialisation (`reset_l0`): the first linear layer's weight and the

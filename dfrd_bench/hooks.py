@@ -1,12 +1,20 @@
-"""BatchNorm-statistics hooks, as context managers that always remove their hooks.
+"""Forward hooks, as context managers that always remove their hooks: the one way the suite reads
+inside a model. The model's own `forward` always runs unchanged; hooks only watch it (or, for
+`layer_hooks(replace=...)`, swap one layer's output).
 
-`bn_statistics_loss(model)` measures, on the INPUT of every BatchNorm layer (as DeepInversion
-does), || mu_batch - running_mean ||_2 + || var_batch - running_var ||_2, summed over layers.
+- `bn_statistics_loss(model)` measures, on the INPUT of every BatchNorm layer (as DeepInversion
+  does), || mu_batch - running_mean ||_2 + || var_batch - running_var ||_2, summed over layers.
+- `bn_input_means(model)` collects every BN layer's input averaged over space (CMI's features).
+- `layer_hooks(net, capture, replace)` records named layers' outputs and can replace one layer's
+  output: what `Classifier.features`, `forward_stages` and `forward_from` are built on.
+
+A BN hook ignores an empty batch: `Classifier.forward_from` runs the layers before the replaced one
+on an empty batch (docs/models.md, "Inside a model").
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -54,6 +62,8 @@ class BNStatistics:
 
     def _hook(self, module: _BatchNorm, inputs, output) -> None:
         x = inputs[0]
+        if x.shape[0] == 0:  # the skipped layers of a forward_from: no statistics to compare
+            return
         dims = [0] + list(range(2, x.dim()))
         if self.instance_means is not None:
             per_sample = instance_means(x)
@@ -116,7 +126,8 @@ def bn_input_means(model: torch.nn.Module) -> Iterator[List[torch.Tensor]]:
     collected: List[torch.Tensor] = []
 
     def hook(module, inputs, output):
-        collected.append(instance_means(inputs[0]))
+        if inputs[0].shape[0]:  # an empty batch (the skipped layers of a forward_from) has no means
+            collected.append(instance_means(inputs[0]))
 
     handles = [layer.register_forward_hook(hook) for layer in layers]
     try:
@@ -124,3 +135,83 @@ def bn_input_means(model: torch.nn.Module) -> Iterator[List[torch.Tensor]]:
     finally:
         for h in handles:
             h.remove()
+
+
+# ------------------------------------------------------------------------------------------------
+# Named layers: their outputs recorded, or one of them replaced
+# ------------------------------------------------------------------------------------------------
+class LayerRecord:
+    """What `layer_hooks` saw during one forward: each captured layer's output, how often every
+    hooked layer ran, and the captured tensors' version counters (to detect in-place changes)."""
+
+    def __init__(self, what: str, names: Sequence[str]) -> None:
+        self.what = what
+        self.calls: Dict[str, int] = {n: 0 for n in names}
+        self.outputs: Dict[str, torch.Tensor] = {}
+        self._versions: Dict[str, int] = {}
+
+    def keep(self, name: str, output: torch.Tensor) -> None:
+        self.calls[name] += 1
+        if not isinstance(output, torch.Tensor):
+            raise InputError(f"{self.what}: layer {name} returns {type(output).__name__}, not a tensor; "
+                             "pick a layer that outputs a feature map")
+        self.outputs[name] = output
+        if not output.is_inference():
+            self._versions[name] = output._version
+
+    def checked(self) -> Dict[str, torch.Tensor]:
+        """The outputs, once every hooked layer ran exactly once and none was changed in place after it."""
+        for name, count in self.calls.items():
+            if count != 1:
+                how = "did not run" if count == 0 else f"ran {count} times"
+                raise InputError(f"{self.what}: layer {name} {how} in one forward pass; pick a layer the "
+                                 "model's forward calls exactly once (docs/models.md, \"Inside a model\")")
+        for name, version in self._versions.items():
+            if self.outputs[name]._version != version:
+                raise InputError(f"{self.what}: the forward changes layer {name}'s output in place after it; "
+                                 "pick another layer (docs/models.md, \"Inside a model\")")
+        return self.outputs
+
+
+@contextlib.contextmanager
+def layer_hooks(net: torch.nn.Module, capture: Sequence[str] = (), replace: Optional[Tuple[str, torch.Tensor]] = None,
+                what: str = "model") -> Iterator[LayerRecord]:
+    """During forward passes inside the block, record the outputs of the submodules of `net` named in
+    `capture` (paths as `net.get_submodule` takes them) and, with `replace=(name, h)`, return h in place
+    of that submodule's output. Call `record.checked()` after ONE forward pass: it refuses a layer that
+    did not run exactly once or whose output the forward changed in place. Hooks removed on exit."""
+    names = list(dict.fromkeys(list(capture) + ([replace[0]] if replace else [])))
+    record = LayerRecord(what, names)
+    handles = []
+    try:
+        for name in names:
+            module = layer_module(net, name, what)
+            if replace is not None and name == replace[0]:
+                handles.append(module.register_forward_hook(_replacer(record, name, replace[1])))
+            else:
+                handles.append(module.register_forward_hook(lambda m, i, o, n=name: record.keep(n, o)))
+        yield record
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _replacer(record: LayerRecord, name: str, h: torch.Tensor):
+    def hook(module, inputs, output):
+        if not isinstance(output, torch.Tensor) or tuple(output.shape[1:]) != tuple(h.shape[1:]):
+            shape = tuple(output.shape[1:]) if isinstance(output, torch.Tensor) else type(output).__name__
+            raise InputError(f"{record.what}: layer {name} outputs {shape} per image, the replacement "
+                             f"{tuple(h.shape[1:])}: give features taken at that layer")
+        record.keep(name, h)
+        return h
+    return hook
+
+
+def layer_module(net: torch.nn.Module, name: str, what: str = "model") -> torch.nn.Module:
+    """The submodule `name` of `net`, or one line naming the top-level modules it has."""
+    try:
+        return net.get_submodule(name)
+    except AttributeError:
+        children = ", ".join(n for n, _ in net.named_children()) or "none"
+        raise InputError(f"{what} has no layer {name!r}: give a module path such as block3 or layer.2 "
+                         f"(its top-level modules: {children})") from None

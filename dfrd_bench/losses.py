@@ -5,6 +5,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from .acceleration import log_count
 from .errors import InputError
 
 
@@ -32,7 +33,7 @@ def soft_cross_entropy(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.
 def kl_uniform(logits: torch.Tensor, reduction: str = "batchmean") -> torch.Tensor:
     """KL(U || softmax(logits)): zero when the prediction is uniform over the classes."""
     c = logits.shape[1]
-    per_sample = -F.log_softmax(logits, 1).mean(1) - torch.log(torch.tensor(float(c), device=logits.device))
+    per_sample = -F.log_softmax(logits, 1).mean(1) - log_count(c)  # no tensor made on the device (a host sync)
     return per_sample.mean() if reduction == "batchmean" else per_sample
 
 

@@ -16,7 +16,7 @@ which are checkpointed, so a resumed run ends with the same student.
 Data-parallel runs (`torchrun`, docs/adding-a-method.md): a method that sets `data_parallel = True`
 synthesises its share of the batch (ctx.cfg holds the per-process batch sizes) and keeps whatever it
 shares across samples the same on every process with `ctx.average_gradients`, `ctx.average_buffers`,
-`ctx.sync_module`, `ctx.gather` and `ctx.average`; with one process they do nothing.
+`ctx.sync_module`, `ctx.gather`, `ctx.average` and `ctx.broadcast`; with one process they do nothing.
 
 What tables, figures and `list methods` say about a method (its label, paper, family, whether it
 uses the RSLAD student stage, whether it is the proposed method) is its `info = MethodInfo(...)`,
@@ -39,7 +39,7 @@ from typing import Any, Callable, ClassVar, Dict, Iterable, List, Mapping, Optio
 
 import torch
 
-from .acceleration import Accelerator
+from .acceleration import Accelerator, to_device
 from .config import Config
 from .distributed import World
 from .errors import DfrdError, InputError
@@ -126,18 +126,25 @@ class MethodContext:
         """In place, each tensor's mean over the processes (statistics a method keeps across steps)."""
         self.world.average_(tensors)
 
-    # Random draws from the run's own stream, moved to the device.
+    def broadcast(self, tensors: Iterable[torch.Tensor]) -> None:
+        """In place, each tensor becomes rank 0's: shared state every process computed from the same
+        gathered values (class weights), made bit-identical whatever the kernels did."""
+        self.world.broadcast_(tensors)
+
+    # Random draws from the run's own stream (on the CPU: the same numbers on every device), copied to
+    # the device without waiting for it (acceleration.to_device).
     def randn(self, *shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=self.rng).to(self.device)
+        return to_device(torch.randn(*shape, generator=self.rng), self.device)
 
     def rand(self, *shape: int) -> torch.Tensor:
-        return torch.rand(*shape, generator=self.rng).to(self.device)
+        return to_device(torch.rand(*shape, generator=self.rng), self.device)
 
     def randint(self, high: int, *shape: int) -> torch.Tensor:
-        return torch.randint(0, high, shape, generator=self.rng).to(self.device)
+        return to_device(torch.randint(0, high, shape, generator=self.rng), self.device)
 
     def multinomial(self, probs: torch.Tensor, n: int) -> torch.Tensor:
-        return torch.multinomial(probs.detach().cpu().double(), n, replacement=True, generator=self.rng).to(self.device)
+        draws = torch.multinomial(probs.detach().cpu().double(), n, replacement=True, generator=self.rng)
+        return to_device(draws, self.device)
 
 
 FAMILIES: Dict[str, str] = {
@@ -223,31 +230,46 @@ class Method:
 NEEDS = {"batchnorm": "BatchNorm layers", "layer": "intermediate layer (layer l)", "stages": "stage outputs"}
 
 
-PYTHON_MODEL = ("load its weights into a Python model (--teacher-arch NAME, or --teacher-arch py:FILE.py:FACTORY "
-                "returning a StagedNet; docs/models.md) or pick another method")
+PYTHON_MODEL = ("load its weights into a Python model (--teacher-arch NAME, or --teacher-arch py:FILE.py:FACTORY; "
+                "docs/models.md) or pick another method")
+NO_STAGES = ("give a teacher whose stages are known (docs/models.md, \"Inside a model\"), build it as a StagedNet "
+             "with --teacher-arch py:FILE.py:FACTORY, or pick another method")
 
 
-def _missing(teacher: Classifier, need: str) -> Optional[Tuple[str, str]]:
+def _missing(teacher: Classifier, need: str, cfg: Mapping[str, Any]) -> Optional[Tuple[str, str]]:
     """(why `teacher` cannot give what `need` asks, what to do), or None."""
+    if need not in NEEDS:
+        raise ValueError(f"unknown teacher need {need!r}; use one of {', '.join(NEEDS)}")
+    if getattr(teacher, "origin", {}).get("format") == "torchscript":
+        return "is a TorchScript model, whose layers cannot be hooked", PYTHON_MODEL
     if need == "batchnorm":
-        if getattr(teacher, "origin", {}).get("format") == "torchscript":
-            return "is a TorchScript model, whose layers cannot be hooked", PYTHON_MODEL
-        if not teacher.bn_layers():
-            return "has no BatchNorm layer", "pick a teacher with BatchNorm or another method"
+        return None if teacher.bn_layers() else ("has no BatchNorm layer", "pick a teacher with BatchNorm or another method")
+    if need == "layer" and (cfg.get("layer") or teacher.feature_layer):
         return None
-    if need in ("layer", "stages"):
-        return None if teacher.feature_layer is not None else ("exposes none (it is not a StagedNet)", PYTHON_MODEL)
-    raise ValueError(f"unknown teacher need {need!r}; use one of {', '.join(NEEDS)}")
+    if need == "stages" and teacher.stage_names:
+        return None
+    return "exposes none (its architecture's stages are not known)", NO_STAGES
 
 
 def check_teacher(method: "Method", teacher: Classifier, cfg: Config) -> None:
-    """Fail in one line, before any work, when the teacher lacks what the method reads inside it."""
-    for need in method.teacher_needs(cfg):
-        missing = _missing(teacher, need)
+    """Fail in one line, before any work, when the teacher lacks what the method reads inside it; the
+    layers it reads are tried on a probe batch (they run once, give feature maps, layer l continues)."""
+    needs = method.teacher_needs(cfg)
+    for need in needs:
+        missing = _missing(teacher, need, cfg)
         if missing is not None:
             why, fix = missing
             raise InputError(f"{method.name} needs the teacher's {NEEDS[need]}, and teacher {teacher.arch} {why}: "
                              f"{fix}")
+    if "layer" in needs or "stages" in needs:
+        from .data import get_dataset_spec
+
+        size = get_dataset_spec(cfg["dataset"]).image_size if "dataset" in cfg else 32
+        layer = (cfg.get("layer") or teacher.feature_layer) if "layer" in needs else None
+        try:
+            teacher.check_layers(size, teacher.stage_names if "stages" in needs else (), continue_from=layer)
+        except InputError as exc:
+            raise InputError(f"{method.name}: {exc}") from None
 
 
 METHODS: Registry[type] = Registry("method")

@@ -6,6 +6,8 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
+from .acceleration import to_device
+
 
 class SamplePool:
     def __init__(self, max_size: Optional[int] = None, device: torch.device | str = "cpu") -> None:
@@ -19,7 +21,7 @@ class SamplePool:
 
     @staticmethod
     def quantize(x: torch.Tensor) -> torch.Tensor:
-        return (x.detach().clamp(0, 1) * 255).round().to(torch.uint8)
+        return (x.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)  # fp32 pixels (acceleration.py)
 
     def add(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> None:
         """Add [0,1] images (and labels; -1 where a method has none)."""
@@ -34,7 +36,7 @@ class SamplePool:
     def sample(self, batch_size: int, generator: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
         if len(self) == 0:
             raise RuntimeError("the synthetic pool is empty: the method's generate() returned no samples")
-        idx = torch.randint(0, len(self), (batch_size,), generator=generator).to(self.device)
+        idx = to_device(torch.randint(0, len(self), (batch_size,), generator=generator), self.device)
         return self.images[idx].float().div_(255.0), self.labels[idx]
 
     def latest(self, batch_size: int) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 
-from .acceleration import Accelerator
+from .acceleration import Accelerator, enable_cudnn_autotune
 from .attacks import AttackSettings
 from .checkpoints import save_model, sha256_file, weights_sha256
 from .augment import random_crop_flip
@@ -148,6 +148,7 @@ def make_context(cfg: Config, dataset: str, device: torch.device, rng: torch.Gen
     if cfg.channels_last:  # channels-last conv weights: 1.4-1.8x faster on CPU (docs/running.md)
         teacher.to(memory_format=torch.channels_last)
         student.to(memory_format=torch.channels_last)
+    enable_cudnn_autotune(device)
     return MethodContext(teacher=teacher, student=student, cfg=rank_config(cfg, world), device=device, rng=rng,
                          pool=SamplePool(cfg.pool_max, device), num_classes=spec.num_classes,
                          image_size=spec.image_size, rank=world.rank,
@@ -228,8 +229,8 @@ def _mean_over_ranks(world: World, last_loss: torch.Tensor, sums: Dict[str, torc
 def _rng_states(ctx: MethodContext, batch_rng: Optional[torch.Generator] = None) -> Dict[str, Any]:
     states = {"ctx": ctx.rng.get_state(), "torch": torch.get_rng_state(),
               "numpy": json.dumps(_np_state()), "python": json.dumps(_py_state())}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
+    if ctx.device.type == "cuda":  # the run's own GPU only: the one its draws on the device come from
+        states["cuda_device"] = torch.cuda.get_rng_state(ctx.device)
     if batch_rng is not None:  # data-parallel runs: the stream every rank shares
         states["batch"] = batch_rng.get_state()
     return states
@@ -254,8 +255,22 @@ def _restore_rng(ctx: MethodContext, states: Dict[str, Any], batch_rng: Optional
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     version, internal, gauss = json.loads(states["python"])
     random.setstate((version, tuple(internal), gauss))
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    _restore_cuda_rng(ctx.device, states)
+
+
+def _restore_cuda_rng(device: torch.device, states: Dict[str, Any]) -> None:
+    """The CUDA generator state of the run's GPU, restored on the GPU the run continues on. A CPU run
+    has none. A state written before issue 28 holds one state per GPU that was visible then (however
+    many the run used): only the run's GPU's entry is restored, so a run saved with 4 GPUs visible
+    resumes with 1 (`set_rng_state_all` raised IndexError there)."""
+    if device.type != "cuda":
+        return
+    if "cuda_device" in states:
+        torch.cuda.set_rng_state(states["cuda_device"], device)
+    elif "cuda" in states:
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if index < len(states["cuda"]):
+            torch.cuda.set_rng_state(states["cuda"][index], device)
 
 
 def _save_grid(x: torch.Tensor, y: Optional[torch.Tensor], path: Path, per_row: int = 10) -> None:
@@ -322,7 +337,14 @@ def _check_same_run(state: Dict[str, Any], state_path: Path, cfg: Config, identi
         log(f"warning: {state_path} predates identity checks; seed, teacher and data are not verified")
         return
     old = state["identity"]
-    differs = [f"{k}: {old.get(k)!r} in the state, {identity[k]!r} now" for k in identity if old.get(k) != identity[k]]
+    # a key the state lacks was not recorded when it was written (training_precision: before issue 28)
+    changed_keys = [k for k in identity if k in old and old[k] != identity[k]]
+    if "training_precision" in changed_keys:
+        raise RunError(f"{state_path} was trained in {old['training_precision']} and this process would continue it "
+                       f"in {identity['training_precision']} (precision={cfg.precision} on a {identity['device_type']} "
+                       f"device): resume it on the kind of device it started on (--device "
+                       f"{'cpu' if old['training_precision'] == 'fp32' else 'cuda'}), or start a new run")
+    differs = [f"{k}: {old.get(k)!r} in the state, {identity[k]!r} now" for k in changed_keys if k != "device_type"]
     if differs:
         raise RunError(f"{state_path} belongs to another run ({'; '.join(differs)}): resume with the same seed, "
                        "teacher file and test data, or pass another --name / --out")
@@ -483,6 +505,8 @@ def _checkpoint(state_path: Path, ctx: MethodContext, opt: torch.optim.Optimizer
         "student": ctx.student.net.state_dict(), "opt": opt.state_dict(), "method": method_state,
         "pool": {"images": pool.images, "labels": pool.labels}})
     rngs = world.all_gather_object(_rng_states(ctx, batch_rng if world.parallel else None))
+    if sessions and ctx.accel.compile_fallback is not None:  # kept with the session that fell back
+        sessions[-1]["compile_fallback"] = ctx.accel.compile_fallback
     extra = {"world_size": world.size, **({"rng_ranks": rngs} if world.parallel else {})}
     world.on_main(lambda: atomic_torch_save({
         "config": json.dumps(cfg.to_dict(), default=str), "student": ctx.student.net.state_dict(),
@@ -542,7 +566,11 @@ def _run_locked(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, d
     # runs on the machine, wall time is what its user waits
     start_epoch, train_seconds, train_cpu = 0, 0.0, 0.0
     identity = {"method": req.method, "seed": req.seed, "teacher_weights_sha256": weights_sha256(teacher),
-                "test_data_sha256": test.source.get("sha256")}
+                "test_data_sha256": test.source.get("sha256"),
+                # what `precision` resolved to here (auto: bf16 on CUDA, fp32 elsewhere) and on which kind of
+                # device: a run is not continued in another precision
+                "training_precision": ctx.accel.precision, "device_type": device.type}
+    ctx.accel.warn = log  # a failed compilation's one warning goes to the run's log
     world.check_same("the teacher, test data, student or method state at the start",
                      {"identity": identity, "student": student.net.state_dict(), "method": method.state_dict()})
     if req.resume and state_path.exists():

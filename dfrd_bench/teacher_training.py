@@ -5,9 +5,15 @@ catastrophic overfitting: the CPU recipe). Resumable from `<out>/train_state.pt`
 A stratified part of the *train* split is held out as a validation monitor (clean and PGD-10
 accuracy each epoch, to see catastrophic overfitting); the test split is never looked at during
 training and the final epoch's weights are the teacher (no checkpoint selection).
+
+On CUDA the training passes run in bf16 autocast with channels-last weights by default (`precision`
+auto, `channels_last` None: the rules of dfrd_bench/acceleration.py; on a CPU nothing changes, so a
+CPU teacher retrains to the same bits), and the loss is checked for NaN on the device, read back only
+at checkpoints and epoch ends (a per-step check would stall the GPU every step).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -19,7 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import InputError
+from .acceleration import autocast_dtype, enable_cudnn_autotune, precision_name
+from .errors import DivergenceError, InputError
 from .attacks import ce_objective, kl_objective, random_start, sign_ascent
 from .augment import random_crop_flip
 from .checkpoints import save_model
@@ -52,6 +59,8 @@ class TeacherTrainConfig:
     limit_train: Optional[int] = None  # stratified subset of the train split (tests, smoke runs)
     max_steps: Optional[int] = None    # stop after this many optimiser steps in total (tests)
     checkpoint_every: int = 100
+    precision: str = "auto"       # auto (bf16 autocast on CUDA, fp32 elsewhere), fp32 or bf16
+    channels_last: Optional[bool] = None  # None: on CUDA only (a CPU teacher keeps its bits)
     seed: int = 0
     device: str = "auto"
     out: str = "runs/teacher"
@@ -140,6 +149,14 @@ def train_teacher(cfg: TeacherTrainConfig, resume: bool = True, log=print) -> Di
     x_val, y_val = x_all[val_idx].to(device), y_all[val_idx].to(device)
 
     model = build_model(cfg.arch, spec.num_classes, spec.image_size, spec.mean, spec.std).to(device)
+    if cfg.precision not in ("auto", "fp32", "bf16"):
+        raise InputError(f"precision must be auto, fp32 or bf16, got {cfg.precision!r}")
+    dtype = autocast_dtype({"precision": cfg.precision}, device)
+    layout = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
+    if layout:
+        model.to(memory_format=torch.channels_last)
+    enable_cudnn_autotune(device)
+    resolved = {"training_precision": precision_name(dtype), "channels_last": bool(layout)}
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                           nesterov=False)
     steps_per_epoch = len(y_tr) // cfg.batch_size
@@ -150,7 +167,7 @@ def train_teacher(cfg: TeacherTrainConfig, resume: bool = True, log=print) -> Di
     epoch, step_in_epoch, global_step = 0, 0, 0
     if resume and state_file.exists():
         st = torch.load(state_file, map_location="cpu", weights_only=True)
-        if not _same_config(st["config"], _config_for_resume(cfg)):
+        if not _same_config(st["config"], _config_for_resume(cfg, resolved)):
             raise InputError(f"{state_file} was written with other settings; use a new --out or the same settings")
         model.net.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
@@ -160,11 +177,24 @@ def train_teacher(cfg: TeacherTrainConfig, resume: bool = True, log=print) -> Di
         log(f"resumed from {state_file}: epoch {epoch}, step {step_in_epoch}/{steps_per_epoch}")
 
     def save_state() -> None:
+        check_finite()  # a diverged model is never saved
         atomic_torch_save({
-            "config": _config_for_resume(cfg), "model": model.net.state_dict(), "opt": opt.state_dict(),
+            "config": _config_for_resume(cfg, resolved), "model": model.net.state_dict(), "opt": opt.state_dict(),
             "gen": gen.get_state(), "epoch": epoch, "step_in_epoch": step_in_epoch,
             "global_step": global_step, "history": json.dumps(history),
         }, state_file)
+
+    # the first step whose loss was not finite (-1: none), kept on the device and read at checkpoints
+    bad_step = torch.full((), -1, dtype=torch.long, device=device)
+
+    def check_finite() -> None:
+        first = int(bad_step)
+        if first >= 0:
+            raise DivergenceError(f"the loss became non-finite at step {first} (epoch {first // max(1, steps_per_epoch) + 1}); "
+                                  f"the last checkpoint before it is kept: lower --lr and train again in a new --out")
+
+    def autocast() -> contextlib.AbstractContextManager:
+        return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
     started = time.time()
     while epoch < cfg.epochs and global_step < stop_at:
@@ -181,9 +211,9 @@ def train_teacher(cfg: TeacherTrainConfig, resume: bool = True, log=print) -> Di
             lr = _lr_at(cfg, global_step / max(1, total_steps))
             for group in opt.param_groups:
                 group["lr"] = lr
-            loss = _adversarial_loss(cfg, model, x, y_tr[idx], gen)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1} step {i}; lower --lr")
+            with autocast():
+                loss = _adversarial_loss(cfg, model, x, y_tr[idx], gen)
+            bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss.detach()), global_step, bad_step)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -192,6 +222,7 @@ def train_teacher(cfg: TeacherTrainConfig, resume: bool = True, log=print) -> Di
             step_in_epoch = i + 1
             if cfg.checkpoint_every and step_in_epoch % cfg.checkpoint_every == 0:
                 save_state()
+        check_finite()
         record: Dict[str, Any] = {"epoch": epoch + 1, "complete": step_in_epoch >= steps_per_epoch, "steps": global_step, "lr": lr,
                                   "train_loss": float(torch.stack(losses).mean()) if losses else float("nan"),
                                   "seconds": round(time.time() - t0, 1)}
@@ -213,17 +244,24 @@ def train_teacher(cfg: TeacherTrainConfig, resume: bool = True, log=print) -> Di
     return {"model": model, "history": history, "checkpoint": str(out / "teacher.pt")}
 
 
-def _config_for_resume(cfg: TeacherTrainConfig) -> str:
+def _config_for_resume(cfg: TeacherTrainConfig, resolved: Optional[Dict[str, Any]] = None) -> str:
+    """The settings a resume must share, with `precision` and `channels_last` as they resolved on the
+    device (a run started in fp32 on a CPU is not continued in bf16 on a GPU)."""
     d = asdict(cfg)
-    for k in ("device", "out", "checkpoint_every", "data_root", "max_steps"):
+    for k in ("device", "out", "checkpoint_every", "data_root", "max_steps", "precision", "channels_last"):
         d.pop(k, None)
+    d.update(resolved or {})
     return json.dumps(d, sort_keys=True)
+
+
+# what a resume state written before these settings existed trained with
+_LEGACY_RESOLVED = {"training_precision": "fp32", "channels_last": False}
 
 
 def _same_config(saved: str, current: str) -> bool:
     """Compare two resume configs, ignoring keys that do not change the training trajectory."""
-    ignored = ("device", "out", "checkpoint_every", "data_root", "max_steps")
-    a, b = json.loads(saved), json.loads(current)
+    ignored = ("device", "out", "checkpoint_every", "data_root", "max_steps", "precision")
+    a, b = {**_LEGACY_RESOLVED, **json.loads(saved)}, json.loads(current)
     return {k: v for k, v in a.items() if k not in ignored} == {k: v for k, v in b.items() if k not in ignored}
 
 

@@ -1,8 +1,9 @@
 """Teachers (and models to evaluate) by spec:
 
 - `robustbench:<name>`: a RobustBench model-zoo entry (Linf), loaded through the robustbench
-  package; a checkpoint already in the model folder (<models>/<dataset>/Linf/<name>.pt) is used
-  without downloading. The paper's CIFAR-10/100 teacher is `robustbench:Chen2024Data_WRN_34_10`.
+  package as the network it builds (dfrd_bench/robustbench_zoo.py); a checkpoint already in the model
+  folder (<models>/<dataset>/Linf/<name>.pt) is used without downloading. The paper's CIFAR-10/100
+  teacher is `robustbench:Chen2024Data_WRN_34_10`.
 - a checkpoint path, with `--arch NAME` unless it is a dfrd-bench checkpoint; its key layout is
   detected (or `--layout`), its normalisation is the checkpoint's or the layout's (or `--normalize`);
   `--arch py:FILE.py:FACTORY` builds the network with the user's code and loads the checkpoint into it;
@@ -16,9 +17,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .errors import DfrdError
+from .errors import DfrdError, first_line
 from .checkpoints import CheckpointError, load_model, sha256_file
 from .data import get_dataset_spec
 from .external import PY_PREFIX, is_torchscript, load_py_model, load_torchscript, wrap_external
@@ -56,31 +57,48 @@ def bundled_teachers() -> Dict[str, Dict[str, Any]]:
 
 
 def load_robustbench(name: str, dataset: str, model_dir: Optional[str] = None) -> Classifier:
+    """The network robustbench builds and loads for `name`, used as it is (it normalises inside); its
+    checkpoint must already be in the model folder when DFRD_OFFLINE is set."""
+    from . import robustbench_zoo as zoo
     from ._compat import import_robustbench
 
-    if dataset not in ("cifar10", "cifar100"):
-        raise TeacherError(f"robustbench has no Linf {dataset} models; use a checkpoint with --arch")
-    rb = import_robustbench()
-    folder = models_dir(model_dir)
-    expected = folder / dataset / "Linf" / f"{name}.pt"
-    if not expected.exists() and os.environ.get("DFRD_OFFLINE", "") not in ("", "0"):
-        raise TeacherError(f"robustbench:{name} is not in {folder} and DFRD_OFFLINE is set; put its checkpoint at {expected}")
-    if expected.exists():
-        # robustbench calls torch.load itself; read the file once with weights_only=True first, so a
-        # checkpoint that carries code is refused here whatever torch's default is.
-        from .checkpoints import read_checkpoint
-
-        read_checkpoint(expected)
     try:
-        model = rb.utils.load_model(model_name=name, model_dir=str(folder), dataset=dataset, threat_model="Linf")
+        folder = models_dir(model_dir)
+        w = zoo.weights(name, dataset, folder)
+    except zoo.ZooError as exc:
+        raise TeacherError(str(exc)) from None
+    missing = w.missing()
+    if missing and os.environ.get("DFRD_OFFLINE", "") not in ("", "0"):
+        raise TeacherError(zoo.missing_message(name, dataset, folder, w, "DFRD_OFFLINE is set"))
+    from .checkpoints import read_checkpoint
+
+    for path in w.files:
+        if path.is_file():
+            # robustbench calls torch.load itself; read the file once with weights_only=True first, so a
+            # checkpoint that carries code is refused here whatever torch's default is.
+            read_checkpoint(path)
+    rb = import_robustbench()
+    try:
+        net = rb.utils.load_model(model_name=name, model_dir=str(folder), dataset=dataset, threat_model=zoo.THREAT)
     except Exception as exc:
-        if not expected.exists():
-            raise TeacherError(
-                f"robustbench:{name} is not in {folder} and could not be downloaded ({type(exc).__name__}); "
-                f"put its checkpoint at {expected}"
-            ) from None
-        raise TeacherError(f"robustbench could not load {expected}: {exc}") from None
-    return wrap_external(model, get_dataset_spec(dataset).num_classes, f"robustbench:{name}").eval()
+        if missing:
+            raise TeacherError(zoo.missing_message(name, dataset, folder, w,
+                                                   f"could not be downloaded ({first_line(exc, 80)})")) from None
+        raise TeacherError(f"robustbench could not load {w.files[0]} ({first_line(exc, 160)}): check that it is "
+                           f"the checkpoint of robustbench:{name} for {dataset}") from None
+    model = wrap_external(net, get_dataset_spec(dataset).num_classes, f"robustbench:{name}").eval()
+    model.origin = {"checkpoint_sha256": _files_sha256(w.files),
+                    "robustbench": {"name": name, "family": zoo.family(net), "files": [str(f) for f in w.files]}}
+    return model
+
+
+def _files_sha256(files: Sequence[Path]) -> str:
+    """sha256 of a checkpoint file; of an ensemble's files, the sha256 of their sha256s in order."""
+    if len(files) == 1:
+        return sha256_file(files[0])
+    import hashlib
+
+    return hashlib.sha256("".join(sha256_file(f) for f in files).encode()).hexdigest()
 
 
 def load_teacher(spec: str, dataset: str, arch: Optional[str] = None, model_dir: Optional[str] = None,
@@ -180,12 +198,76 @@ def describe_loaded(model: Classifier) -> str:
     return ", ".join(parts)
 
 
+def robustbench_cards() -> Dict[str, Dict[str, Any]]:
+    """The cards `dfrd-bench teacher card` wrote (<teachers>/robustbench/<name>-<dataset>.json)."""
+    folder = teachers_dir() / "robustbench"
+    return {c.stem: json.loads(c.read_text()) for c in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
+
+
 def list_teachers() -> List[Dict[str, Any]]:
     rows = [{"name": n, "arch": c["arch"], "dataset": c["dataset"], "kind": "bundled",
              "note": c.get("summary", "")} for n, c in bundled_teachers().items()]
     rows.append({"name": "robustbench:Chen2024Data_WRN_34_10", "arch": "wrn-34-10", "dataset": "cifar10, cifar100",
                  "kind": "robustbench", "note": "the paper's CIFAR teacher (needs its checkpoint offline)"})
+    rows += [{"name": c["name"], "arch": c["arch"], "dataset": c["dataset"], "kind": "robustbench, card",
+              "note": c.get("summary", "")} for c in robustbench_cards().values()]
     return rows
+
+
+def robustbench_rows(datasets: Sequence[str]) -> List[Dict[str, Any]]:
+    """Every Linf entry of `datasets`: its family, size, the methods it can teach, and why not the others."""
+    from . import robustbench_zoo as zoo
+
+    rows = []
+    for dataset in datasets:
+        for name in zoo.models(dataset):
+            info = zoo.inspect_entry(name, dataset, get_dataset_spec(dataset).image_size)
+            methods = zoo.supported_methods(info.can, dataset) if info.family != "?" else []
+            rows.append({"name": name, "dataset": dataset, "family": info.family,
+                         "params": "?" if info.params_m is None else f"{info.params_m:.1f}M",
+                         "methods": ", ".join(methods) or "-", "note": info.note})
+    return rows
+
+
+CARD_ATTACKS = "clean,pgd20,aa"
+
+
+def robustbench_card(spec: str, dataset: str, command: str, model_dir: Optional[str] = None,
+                     out: Optional[str] = None, cards: Optional[str] = None, **evaluation: Any) -> Dict[str, Any]:
+    """Evaluate a RobustBench entry (clean, PGD-20, AutoAttack; `evaluation` holds evaluator.evaluate_model's
+    source, data_root, limit, eps, seed, device, batch_size, aa_limit) and write its result JSON (kind
+    'teacher', to `out`, default results/teachers) and its card (to `cards`, default <teachers>/robustbench):
+    the card a bundled teacher has, so a table can say which teacher a run used and how strong it is."""
+    from .evaluator import evaluate_model
+    from .store import write_result
+    from .utils import atomic_write_json
+
+    if not spec.startswith("robustbench:"):
+        raise TeacherError(f"teacher card takes robustbench:<name>, not {spec!r}; a bundled teacher's card is "
+                           "written by `dfrd-bench teacher bundle`")
+    name = spec.split(":", 1)[1]
+    model = load_robustbench(name, dataset, model_dir)
+    result = evaluate_model(model, describe_spec(spec, model), dataset, attacks=CARD_ATTACKS, kind="teacher",
+                            **evaluation)
+    eval_path = write_result(result, Path(out or REPO_ROOT / "results" / "teachers") / f"robustbench-{name}-{dataset}.json")
+    measured, summary = evaluation_block([eval_path], [result])
+    origin = model.origin["robustbench"]
+    card = {
+        "name": spec,
+        "arch": origin["family"],
+        "dataset": dataset,
+        "params": sum(p.numel() for p in model.parameters()),
+        "files": origin["files"],
+        "sha256": model.origin["checkpoint_sha256"],
+        "size_bytes": sum(Path(f).stat().st_size for f in origin["files"]),
+        "command": command,
+        "source": "RobustBench model zoo, Linf (robustbench.utils.load_model)",
+        "evaluation": measured,
+        "summary": summary,
+    }
+    folder = Path(cards) if cards else teachers_dir() / "robustbench"
+    atomic_write_json(folder / f"{name}-{dataset}.json", card)
+    return card
 
 
 def bundle_teacher(checkpoint: str, name: str, eval_json, command: str, dest: Optional[str] = None,
@@ -217,20 +299,12 @@ def bundle_teacher(checkpoint: str, name: str, eval_json, command: str, dest: Op
             raise TeacherError(f"{path} evaluates another file (sha256 differs): evaluate {src} first")
         if res["data_source"].get("kind") != results[0]["data_source"].get("kind") or res["settings"].get("eps") != results[0]["settings"].get("eps"):
             raise TeacherError(f"{path} uses another data source or eps than {paths[0]}")
-    attacks: Dict[str, Any] = {}
-    sources: Dict[str, Any] = {}
-    for res in results:
-        for k, v in res["attacks"].items():
-            if k in attacks and attacks[k]["n"] >= v["n"]:
-                continue  # an attack in several files: keep the evaluation on more images
-            attacks[k] = {m: v.get(m) for m in ("avg", "worst", "worst10", "nsd", "n")}
-            sources[k] = res["data_source"]
-    result = results[0]
     folder = Path(dest) if dest else teachers_dir()
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{name}.pt"
     shutil.copyfile(src, target)
     meta = raw.get("meta", {})
+    evaluation, summary = evaluation_block(paths, results)
     card = {
         "name": name,
         "arch": raw["arch"],
@@ -244,19 +318,37 @@ def bundle_teacher(checkpoint: str, name: str, eval_json, command: str, dest: Op
         "train_source": meta.get("train_source"),
         "val_holdout": meta.get("val_holdout"),
         "history": meta.get("history"),
-        "evaluation": {
-            "results_files": [str(p) for p in paths],
-            "data_source": result["data_source"],
-            "data_source_per_attack": {k: {"n": v.get("n"), "sha256": v.get("sha256"), "subset": v.get("subset")}
-                                       for k, v in sources.items()},
-            "eps": result["settings"].get("eps"),
-            "attacks": attacks,
-        },
-        "summary": ", ".join(f"{k} {v['avg']:.1f}%" for k, v in attacks.items()) + f" ({result['data_source']['kind']})",
+        "evaluation": evaluation,
+        "summary": summary,
     }
     atomic_write_json(folder / f"{name}.json", card)
     render_cards(folder)
     return card
+
+
+def evaluation_block(paths: Sequence[Any], results: Sequence[Dict[str, Any]]) -> Tuple[Dict[str, Any], str]:
+    """A card's `evaluation` (per attack the evaluation on the most images, its data source, eps) and
+    its one-line summary, from result JSONs of one model (read with store.read_result)."""
+    attacks: Dict[str, Any] = {}
+    sources: Dict[str, Any] = {}
+    for res in results:
+        for k, v in res["attacks"].items():
+            if k in attacks and attacks[k]["n"] >= v["n"]:
+                continue  # an attack in several files: keep the evaluation on more images
+            attacks[k] = {m: v.get(m) for m in ("avg", "worst", "worst10", "nsd", "n")}
+            # an attack run on a subset of the evaluated images (--aa-limit) records that subset itself
+            sources[k] = {**res["data_source"], "n": v["n"], "subset": v.get("subset", res["data_source"].get("subset"))}
+    result = results[0]
+    evaluation = {
+        "results_files": [str(p) for p in paths],
+        "data_source": result["data_source"],
+        "data_source_per_attack": {k: {"n": v.get("n"), "sha256": v.get("sha256"), "subset": v.get("subset")}
+                                   for k, v in sources.items()},
+        "eps": result["settings"].get("eps"),
+        "attacks": attacks,
+    }
+    summary = ", ".join(f"{k} {v['avg']:.1f}%" for k, v in attacks.items()) + f" ({result['data_source']['kind']})"
+    return evaluation, summary
 
 
 def render_cards(folder: Path) -> None:

@@ -131,11 +131,36 @@ def pick_device(device: Optional[str] = None) -> "torch.device":  # noqa: F821
         except (RuntimeError, ValueError):
             raise DfrdError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
         if dev.type == "cuda" and not torch.cuda.is_available():
-            raise DfrdError(f"--device {device}: no CUDA GPU is available here; use --device cpu or auto")
+            from .doctor import cuda_unusable_reason
+
+            # why: a CPU-only torch, no driver, a driver older than torch's CUDA needs, hidden GPUs
+            raise DfrdError(f"--device {device}: CUDA cannot be used here: {cuda_unusable_reason()}")
         if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
             raise DfrdError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s)")
         return dev
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    _warn_if_gpu_unusable()
+    return torch.device("cpu")
+
+
+_WARNED_GPU: list = []
+
+
+def _warn_if_gpu_unusable() -> None:
+    """--device auto on a machine with an NVIDIA driver that torch cannot use: say so (once), since the
+    run would otherwise go to the CPU without a word."""
+    import warnings
+
+    from .doctor import cuda_unusable_reason, driver_version
+
+    if _WARNED_GPU:  # checked once per process
+        return
+    _WARNED_GPU.append(True)
+    if driver_version() is None:
+        return
+    warnings.warn(f"--device auto runs on the CPU: this machine has an NVIDIA driver, but {cuda_unusable_reason()}",
+                  RuntimeWarning, stacklevel=3)
 
 
 def parse_fraction(text: Union[str, float, int]) -> float:

@@ -270,3 +270,10 @@ class DeepInversion(RobustKDMethod):
         logs: Dict[str, Any] = {k: s / max(1, cfg.gen_iters) for k, s in sums.items()}
         logs["teacher_acc"] = teacher_acc
         return Samples(x_out.detach().clamp(0, 1), y, logs)
+
+    def bench_passes(self, cfg, ctx: MethodContext) -> Dict[str, Dict[str, float]]:
+        # a pixel step: through the teacher (and the frozen student when competing) to the pixels;
+        # after the steps one teacher forward measures the batch's accuracy
+        step = {"teacher_input_grad": 1, **({"student_input_grad": 1} if cfg.compete_scale != 0 else {})}
+        return {**super().bench_passes(cfg, ctx), "generator iteration": step,
+                "generation overhead": {"teacher_forward": 1}}

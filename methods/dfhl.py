@@ -146,6 +146,7 @@ class DFHL(Method):
         # 300 x 500 epochs, weight decay 1e-4: variant `authors`.
         "paper": {"*": {"gen_iters": 10},
                   "cifar100": {**_CIFAR100, "gen_iters": 15}},
+        "gpu": {"*": {"gen_iters": 10}, "cifar100": {**_CIFAR100, "gen_iters": 15}},
         "quick": {"cifar100": dict(_CIFAR100)},
         "smoke": {"*": {"hee_steps": 2}, "cifar100": dict(_CIFAR100)},
     }
@@ -234,6 +235,14 @@ class DFHL(Method):
         # process of a data-parallel run counts its equal share
         n = ctx.world_size
         return {"queries": n * (self.oracle.queries - self.pool_queries), "pool_queries": n * self.pool_queries}
+
+    def bench_passes(self, cfg, ctx: MethodContext) -> Dict[str, Dict[str, float]]:
+        # generator step: through the frozen student only (the teacher is never differentiated); the batch
+        # kept is labelled by one teacher forward; a student step: HEE steps on the student, the oracle's
+        # labels, the student's training pass (and one on the pool batch with pool_weight)
+        return {"generator iteration": {"student_input_grad": 1}, "generation overhead": {"teacher_forward": 1},
+                "student iteration": {"student_input_grad": cfg.hee_steps, "teacher_forward": 1,
+                                      "student_train": 2 if cfg.pool_weight else 1}}
 
     # -- resume ----------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:

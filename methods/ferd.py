@@ -46,10 +46,16 @@ def adversarial_margins(logits_adv: torch.Tensor, y: torch.Tensor) -> torch.Tens
 
 
 def class_means(values: torch.Tensor, y: torch.Tensor, num_classes: int, previous: torch.Tensor) -> torch.Tensor:
-    """Per-class mean of `values`; classes absent from the batch keep their previous value."""
-    sums = torch.zeros(num_classes, dtype=values.dtype, device=values.device).index_add_(0, y, values)
+    """Per-class mean of `values` (fp32, on the CPU); classes absent from the batch keep their previous value.
+
+    Computed on the CPU in fp32 whatever the inputs' device and dtype (precision rule 3,
+    dfrd_bench/acceleration.py): `index_add_` on CUDA adds with atomics in no fixed order, and bf16
+    margins carry 3 significant digits, so p could differ in its last bits between the processes of a
+    data-parallel run (whose state check then stops the run) and between reruns."""
+    values, y = values.detach().float().cpu(), y.detach().cpu()
+    sums = torch.zeros(num_classes, dtype=values.dtype).index_add_(0, y, values)
     counts = torch.bincount(y, minlength=num_classes).to(values.dtype)
-    prev = previous.to(values.device, values.dtype)
+    prev = previous.detach().float().cpu()
     return torch.where(counts > 0, sums / counts.clamp_min(1), prev)
 
 
@@ -281,13 +287,12 @@ class FERD(Method):
                 x = self.generator(z, y if cfg.conditional else None)
                 view = random_crop_flip(x, generator=ctx.rng) if cfg.augment else x
                 with bn_statistics_loss(teacher) as bn:
-                    feats = teacher.features(view, self.layer)
-                    t_logits = teacher.forward_from(feats, self.layer)
+                    t_logits, feats = teacher.forward_features(view, self.layer)
                 terms = {"bn": bn.loss(), "oh": F.cross_entropy(t_logits, y),
                          "adv": -self._divergence(cfg, t_logits, student(view))}  # the generator seeks T-S divergence
                 if cfg.fae and cfg.lambda_uni > 0:
-                    mask = self._non_robust_mask(ctx, teacher, feats.detach(), y, noise_scale, ib_opt)
-                    terms["uni"] = kl_uniform(teacher.forward_from(feats * mask, self.layer))
+                    mask = self._non_robust_mask(ctx, teacher, view, feats.detach(), y, noise_scale, ib_opt)
+                    terms["uni"] = kl_uniform(teacher.forward_from(feats * mask, view, self.layer))
                     terms["nonrobust_frac"] = mask.mean()
                 total = (cfg.lambda_adv * terms["adv"] + cfg.lambda_bn * terms["bn"] + cfg.lambda_oh * terms["oh"]
                          + cfg.lambda_uni * terms.get("uni", torch.zeros((), device=ctx.device)))
@@ -320,13 +325,14 @@ class FERD(Method):
             probe = torch.zeros(1, 3, ctx.image_size, ctx.image_size, device=ctx.device)
             return int(ctx.teacher.features(probe, self.layer).shape[1])
 
-    def _non_robust_mask(self, ctx: MethodContext, teacher, z: torch.Tensor, y: torch.Tensor,
+    def _non_robust_mask(self, ctx: MethodContext, teacher, x: torch.Tensor, z: torch.Tensor, y: torch.Tensor,
                          noise_scale: torch.Tensor, opt: torch.optim.Optimizer) -> torch.Tensor:
-        """Fit the per-channel noise scale (Eq. 5), then mask the non-robust channels (Eq. 6)."""
+        """Fit the per-channel noise scale (Eq. 5) on the features z the teacher gave images x at layer l,
+        then mask the non-robust channels (Eq. 6)."""
         cfg = ctx.cfg
         shape = (1, -1) + (1,) * (z.dim() - 2)
         feature_var = channel_var(z).clamp_min(1e-6)
-        head = lambda h: teacher.forward_from(h, self.layer)  # noqa: E731
+        head = lambda h: teacher.forward_from(h, x, self.layer)  # noqa: E731  f_{l+}
         # Eager on purpose: torch.compile made these 50 small steps slower on CPU (0.42 against 0.31 s).
         for _ in range(cfg.ib_steps):
             # noise drawn in z's memory layout: randn_like on channels-last is 9x slower (acceleration.py)
@@ -351,18 +357,21 @@ class FERD(Method):
         c = ctx.num_classes
         if cfg.reweight_strategy in ("margin-softmax", "minmax"):
             attacked = ctx.accel.attack_model(teacher)
+            # the PGD steps in fp32 pixels (sign_ascent), the margins from an fp32 forward (acceleration.py, rules 2-3)
             x_adv = sign_ascent(ce_objective(attacked, y), x, cfg.eps, cfg.eps / 4, cfg.reweight_pgd_steps, generator=ctx.rng)
-            with torch.no_grad():
+            with torch.no_grad(), ctx.accel.fp32():
                 margins = adversarial_margins(teacher(x_adv), y)
             margins, y = ctx.gather(margins), ctx.gather(y)
-            self.vulnerability = class_vulnerability(margins, y, c, self.vulnerability).cpu()
+            self.vulnerability = class_vulnerability(margins, y, c, self.vulnerability)
             self.p = (softmax_weights(self.vulnerability, cfg.reweight_temperature) if cfg.reweight_strategy == "margin-softmax"
                       else minmax_weights(self.vulnerability, cfg.minmax_low, cfg.minmax_high))
+            ctx.broadcast([self.vulnerability, self.p])  # rank 0's bits on every process (no-op in one)
         else:
             steps = least_pgd_steps(teacher, x, y, cfg.eps, cfg.eps / 4, cfg.reweight_pgd_steps)
             steps, y = ctx.gather(steps), ctx.gather(y)
-            self.kappa = class_means(steps.float(), y, c, self.kappa).cpu()
+            self.kappa = class_means(steps.float(), y, c, self.kappa)
             self.p = lps_weights(self.kappa, cfg.reweight_strategy, cfg.reweight_pgd_steps, cfg.lps_beta, cfg.lps_lambda)
+            ctx.broadcast([self.kappa, self.p])
 
     # -- distillation stage ----------------------------------------------------------------------
     def student_loss(self, ctx: MethodContext, batch: Batch):

@@ -110,6 +110,12 @@ class ZSKT(RobustKDMethod):
             "cifar100": {"batch_size": 512, "synthesis_batch_size": 512, "pool_max": 512},
             "tinyimagenet": {"batch_size": 512, "synthesis_batch_size": 512, "pool_max": 512},
         },
+        # gpu (one GPU run in ~5 minutes): 200 pseudo-batches x 10 = the 2,000 student steps of every method there
+        "gpu": {
+            "*": {**_PSEUDO_BATCH, "epochs": 200, "checkpoint_every_epochs": 20, "log_every_epochs": 10},
+            "cifar10": {"batch_size": 256, "synthesis_batch_size": 256, "pool_max": 256},
+            "cifar100": {"batch_size": 512, "synthesis_batch_size": 512, "pool_max": 512},
+        },
         # 32 pseudo-batches x 10 student steps = the 320 student steps of the runner's quick preset
         # (8 epochs x 40), 5-step RSLAD attacks.
         "quick": {"*": {**_PSEUDO_BATCH, "epochs": 32, "batch_size": 64, "synthesis_batch_size": 64, "pool_max": 64,

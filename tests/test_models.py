@@ -16,11 +16,11 @@ def test_shapes_split_and_batchnorm(arch):
     with torch.no_grad():
         logits = model(x)
         feats = model.features(x)
-        rest = model.forward_from(feats)
+        rest = model.forward_from(feats, x)
     assert logits.shape == (1, 10)
     assert feats.dim() == 4, "layer l must be a convolutional block"
     assert torch.allclose(rest, logits, atol=1e-4), "features + forward_from must equal forward"
-    assert model.feature_layer in model.stage_names and model.stage_names[-1] == "head"
+    assert model.feature_layer in model.stage_names and "head" not in model.stage_names
     n_bn = len(model.bn_layers())
     assert (n_bn == 0) == arch.startswith(("resnet4b", "resnet2b"))
 
@@ -44,9 +44,11 @@ def test_every_intermediate_stage_can_be_the_split_point():
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         ref = model(x)
-        for layer in model.stage_names[:-1]:
-            assert torch.allclose(model.forward_from(model.features(x, layer), layer), ref, atol=1e-4)
-    with pytest.raises(ValueError, match="stages are"):
+        for layer in model.stage_names:
+            assert torch.equal(model.forward_from(model.features(x, layer), x, layer), ref)
+        # any module path is a layer, not only the stages
+        assert torch.equal(model.forward_from(model.features(x, "layer2.1"), x, "layer2.1"), ref)
+    with pytest.raises(ValueError, match="no layer 'layer9'.*top-level modules: stem, layer1"):
         model.features(x, "layer9")
 
 
@@ -66,7 +68,8 @@ def test_timm_models_are_adapted():
     model = build_model("timm:resnet10t", 10, 32).eval()
     with torch.no_grad():
         x = torch.rand(1, 3, 32, 32)
-        assert torch.allclose(model.forward_from(model.features(x)), model(x), atol=1e-4)
+        assert torch.allclose(model.forward_from(model.features(x), x), model(x), atol=1e-4)
+    assert model.stage_names == ("act1", "layer1", "layer2", "layer3", "layer4")  # timm's feature_info
     assert len(model.bn_layers()) > 0
 
 
@@ -83,3 +86,42 @@ def test_checkpoint_roundtrip_and_corrupt_file(tmp_path):
     torch.save({"state_dict": model.net.state_dict()}, tmp_path / "foreign.pt")
     with pytest.raises(CheckpointError, match="does not fit --arch resnet20"):
         load_model(tmp_path / "foreign.pt", arch="resnet20", num_classes=10)
+
+
+def test_models_page_lists_the_stage_patterns():
+    from pathlib import Path
+
+    from dfrd_bench.models.stages import stages_markdown
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text()
+    block = text.split("<!-- stages:start -->\n")[1].split("<!-- stages:end -->")[0]
+    assert block.strip() == stages_markdown().strip(), "regenerate the table from dfrd_bench.models.stages"
+
+
+def test_layer_hooks_refuse_layers_that_are_not_one_feature_map():
+    """A layer that runs twice, one the forward changes in place, and a continuation across a skip."""
+    from torch import nn
+
+    from dfrd_bench.models import Classifier
+
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.shared, self.b = nn.Conv2d(3, 3, 1), nn.Conv2d(3, 3, 1), nn.Conv2d(3, 3, 1)
+            self.relu = nn.ReLU(inplace=True)
+            self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 10))
+
+        def forward(self, x):
+            h = self.relu(self.a(x))           # changes a's output in place
+            g = self.shared(self.shared(h))    # shared runs twice
+            return self.head(self.b(g) + g)    # a skip across b
+
+    model = Classifier(Odd(), 10).eval()
+    with pytest.raises(ValueError, match="layer shared ran 2 times in one forward pass"):
+        model.check_layers(32, ["shared"])
+    with pytest.raises(ValueError, match="changes layer a's output in place"):
+        model.forward_hooked(torch.rand(2, 3, 32, 32), ["a"])
+    with pytest.raises(ValueError, match="cannot be continued from layer b .*a skip across it"):
+        model.check_layers(32, ["b"], continue_from="b")
+    model.check_layers(32, ["b"])  # b itself is a fine feature map
+    assert model.stage_names == () and model.feature_layer is None  # opaque: no pattern fits

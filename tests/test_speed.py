@@ -83,16 +83,17 @@ def test_ferd_ib_loss_equals_the_plain_formula_for_the_same_noise():
 
     net = _net().eval().requires_grad_(False).to(memory_format=torch.channels_last)
     layer = net.feature_layer
-    z = net.features(torch.rand(4, 3, 32, 32), layer).detach()
+    x = torch.rand(4, 3, 32, 32)
+    z = net.features(x, layer).detach()
     y = torch.randint(0, 10, (4,))
     noise = randn_in_layout(z)
     feature_var = z.var(dim=[0, 2, 3], unbiased=False).clamp_min(1e-6)
     scale_param = torch.randn(z.shape[1], requires_grad=True)
-    fast = ib_loss(lambda h: net.forward_from(h, layer), z, y, scale_param, noise, feature_var, 0.3)
+    fast = ib_loss(lambda h: net.forward_from(h, x, layer), z, y, scale_param, noise, feature_var, 0.3)
     (g_fast,) = torch.autograd.grad(fast, [scale_param])
     noise_var = F.softplus(scale_param) ** 2
     z_i = z + F.softplus(scale_param).view(1, -1, 1, 1) * noise
-    plain = F.cross_entropy(net.forward_from(z_i, layer), y) + 0.3 * ib_regularizer(noise_var, feature_var)
+    plain = F.cross_entropy(net.forward_from(z_i, x, layer), y) + 0.3 * ib_regularizer(noise_var, feature_var)
     (g_plain,) = torch.autograd.grad(plain, [scale_param])
     assert torch.allclose(fast, plain, rtol=1e-6)
     assert torch.allclose(g_fast, g_plain, rtol=1e-5, atol=1e-8)

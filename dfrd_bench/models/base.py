@@ -1,10 +1,13 @@
 """The uniform model interface every method relies on.
 
-Every architecture is a `StagedNet`: an ordered list of named stages (stem, blocks..., head) that
-`run_stage` executes one at a time. `Classifier` wraps one with the dataset's normalisation, so
-all models take [0, 1] images, and answers the questions methods ask without special-casing
-architectures: `bn_layers()`, `features(x, layer)` (the paper's layer l, by default the last
-convolutional block) and `forward_from(h, layer)` (the rest of the network, f_{l+}).
+Every architecture of the suite is a `StagedNet`: an ordered list of named stages (stem, blocks...,
+head) that its forward runs one at a time. `Classifier` wraps any network (ours, timm's, a `py:`
+factory's, a RobustBench entry) with the dataset's normalisation, so all models take [0, 1] images,
+and answers the questions methods ask without special-casing architectures: `bn_layers()`,
+`features(x, layer)` (the paper's layer l, by default the last convolutional block), `forward_from(h,
+x, layer)` (the rest of the network, f_{l+}) and `forward_stages(x)`. All of them run the network's
+own forward with forward hooks on its layers (dfrd_bench/hooks.py); which layers are its stages is
+data (models/stages.py).
 """
 from __future__ import annotations
 
@@ -14,12 +17,15 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..errors import InputError
+from ..errors import InputError, first_line
+from ..hooks import layer_hooks, layer_module
 from ..registry import Registry
+from .stages import default_layer, find_stages
 
 
 class StagedNet(nn.Module):
-    """Base for architectures: subclasses set `stage_names` and `feature_layer` and own the stages."""
+    """Base for architectures: subclasses set `stage_names` (the last one the classifier head) and
+    `feature_layer`, and own the stages; a stage read by methods must be a submodule."""
 
     stage_names: Tuple[str, ...] = ()
     feature_layer: Optional[str] = None  # the last convolutional block
@@ -34,7 +40,7 @@ class StagedNet(nn.Module):
 
 
 class Classifier(nn.Module):
-    """A StagedNet with normalisation inside: takes [0,1] NCHW images, returns logits."""
+    """A network with normalisation inside: takes [0,1] NCHW images, returns logits."""
 
     def __init__(
         self,
@@ -54,63 +60,99 @@ class Classifier(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
-    # -- the forward pass, whole or split at a layer ------------------------------------------
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.normalize(x))
 
+    # -- which layers can be read ---------------------------------------------------------------
     @property
     def stage_names(self) -> Tuple[str, ...]:
-        return tuple(getattr(self.net, "stage_names", ()))
+        """The network's stage layers (module paths inside `net`, forward order; no head); () if opaque."""
+        if isinstance(self.net, torch.jit.ScriptModule):
+            return ()  # a TorchScript model's layers cannot be hooked
+        return find_stages(self.net)
 
     @property
     def feature_layer(self) -> Optional[str]:
-        return getattr(self.net, "feature_layer", None)
+        """Layer l by default: the last convolutional block (None for an opaque network)."""
+        return default_layer(self.net, self.stage_names)
 
-    def _split(self, layer: Optional[str]) -> int:
+    def _layer(self, layer: Optional[str]) -> str:
         layer = layer or self.feature_layer
-        names = self.stage_names
-        if layer is None or layer not in names:
-            raise InputError(
-                f"{self.arch} has no layer {layer!r} to split at; its stages are {', '.join(names) or 'none'}"
-            )
-        if layer == names[-1]:
-            raise InputError(f"layer {layer!r} is the classifier head; pick a convolutional stage")
-        return names.index(layer)
+        if layer is None:
+            raise InputError(f"{self.arch} exposes no stages (models/stages.py knows none of its layers): name a "
+                             "layer by its module path (docs/models.md, \"Inside a model\")")
+        layer_module(self.net, layer, self.arch)
+        return layer
+
+    # -- the forward pass, watched by hooks --------------------------------------------------------
+    def forward_hooked(self, x: torch.Tensor, capture: Sequence[str] = (),
+                       replace: Optional[Tuple[str, torch.Tensor]] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """The network's own forward of x, with the outputs of the `capture` layers recorded and, with
+        `replace=(layer, h)`, that layer's output replaced by h: (logits, {layer: output})."""
+        with layer_hooks(self.net, capture, replace, what=self.arch) as record:
+            logits = self(x)
+        outputs = record.checked()
+        return logits, {name: outputs[name] for name in capture}
 
     def features(self, x: torch.Tensor, layer: Optional[str] = None) -> torch.Tensor:
-        """Activations after stage `layer` (default: the last convolutional block)."""
-        stop = self._split(layer)
-        h = self.normalize(x)
-        for name in self.stage_names[: stop + 1]:
-            h = self.net.run_stage(name, h)
-        return h
+        """Activations at the output of `layer` (default: the last convolutional block)."""
+        return self.forward_features(x, layer)[1]
 
-    def forward_from(self, h: torch.Tensor, layer: Optional[str] = None) -> torch.Tensor:
-        """Logits from activations taken after stage `layer` (f_{l+} in the FERD paper)."""
-        start = self._split(layer)
-        for name in self.stage_names[start + 1:]:
-            h = self.net.run_stage(name, h)
-        return h
+    def forward_features(self, x: torch.Tensor, layer: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Logits and the activations at `layer`, from one forward pass."""
+        layer = self._layer(layer)
+        logits, outputs = self.forward_hooked(x, [layer])
+        return logits, outputs[layer]
+
+    def forward_from(self, h: torch.Tensor, x: torch.Tensor, layer: Optional[str] = None) -> torch.Tensor:
+        """Logits from activations h taken at `layer` (f_{l+} in the FERD paper): the network's own forward
+        with that layer's output replaced by h. The layers before it run on an empty batch shaped like x
+        (the images h came from), so they cost nothing; `check_layers` verifies on a probe that nothing
+        after the layer reads them."""
+        layer = self._layer(layer)
+        return self.forward_hooked(x[:0], replace=(layer, h))[0]
 
     def forward_stages(self, x: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """Logits and the output of every stage but the head (for attention transfer and the like)."""
-        h = self.normalize(x)
-        acts: Dict[str, torch.Tensor] = {}
-        for name in self.stage_names:
-            h = self.net.run_stage(name, h)
-            if name != self.stage_names[-1]:
-                acts[name] = h
-        return h, acts
+        """Logits and the output of every stage (for attention transfer and the like)."""
+        stages = self.stage_names
+        if not stages:
+            raise InputError(f"{self.arch} exposes no stages (models/stages.py knows none of its layers): use it "
+                             "with a method that needs none (docs/models.md, \"Inside a model\")")
+        return self.forward_hooked(x, stages)
+
+    def check_layers(self, image_size: int, layers: Sequence[str], continue_from: Optional[str] = None) -> None:
+        """On a fixed probe batch of two images (no RNG drawn, no state changed): every layer in `layers`
+        runs once and outputs an (N, C, H, W) feature map, and, for `continue_from`, forward_from
+        reproduces the logits. Raises a one-line InputError otherwise."""
+        probe = torch.linspace(0, 1, 2 * 3 * image_size * image_size).view(2, 3, image_size, image_size)
+        probe = probe.to(self.mean.device)
+        names = list(dict.fromkeys([*layers, *([continue_from] if continue_from else [])]))
+        with torch.no_grad():
+            logits, outputs = self.forward_hooked(probe, names)
+            for name, out in outputs.items():
+                if out.dim() != 4:
+                    raise InputError(f"{self.arch}: layer {name} outputs {tuple(out.shape[1:])} per image, not a "
+                                     "(C, H, W) feature map: methods that read layers need a convolutional one")
+            if continue_from is not None:
+                self._check_continuation(probe, logits, outputs[continue_from], continue_from)
+
+    def _check_continuation(self, probe: torch.Tensor, logits: torch.Tensor, h: torch.Tensor, layer: str) -> None:
+        why = ("its forward uses what comes before that layer after it (a skip across it, or the batch's size or "
+               "statistics); pick a later layer or another method")
+        try:
+            rest = self.forward_from(h, probe, layer)
+        except RuntimeError as exc:
+            raise InputError(f"{self.arch} cannot be continued from layer {layer} ({first_line(exc, 80)}): {why}") from exc
+        scale = logits.abs().max().clamp_min(1e-6)
+        if rest.shape != logits.shape or not torch.isfinite(rest).all() or (rest - logits).abs().max() > 1e-3 * scale:
+            raise InputError(f"{self.arch} cannot be continued from layer {layer}: {why}")
 
     # -- what methods ask of any model ---------------------------------------------------------
     def bn_layers(self) -> List[_BatchNorm]:
         return [m for m in self.modules() if isinstance(m, _BatchNorm)]
-
-    def named_stages(self) -> List[str]:
-        return list(self.stage_names)
 
 
 # ------------------------------------------------------------------------------------------------
