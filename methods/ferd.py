@@ -230,6 +230,7 @@ class FERD(Method):
             "quick": {"warmup_epochs": 1, "epochs": 9},
             "standard": {"warmup_epochs": 1, "epochs": 41},
             "smoke": {"warmup_epochs": 1, "epochs": 3},
+            "gpu": {"warmup_epochs": 2, "epochs": 22},   # as Fast's warm-up at `gpu`: 20 student epochs after it
         },
         # DIAGNOSTIC, not FERD: RSLAD's weights (5/6 on the adversarial term) on the default.
         "rslad-weights": {"lambda_1": 1 / 6, "lambda_2": 5 / 6},

@@ -541,3 +541,17 @@ def test_device_auto_warns_when_a_gpu_is_there_but_unusable(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert utils.pick_device("auto").type == "cpu"  # a machine without a GPU: nothing to say
+
+
+def test_every_method_and_variant_resolves_at_the_gpu_preset():
+    """The `gpu` preset resolves for every built-in method and variant (FERD `released` included: its
+    generator warm-up sits in front of the 20 student epochs, as Fast's does)."""
+    from dfrd_bench.config import resolve_config
+    from dfrd_bench.method import METHODS, load_plugins
+
+    load_plugins()
+    for name in ("ferd", "zskt", "cmi", "deepinv", "fast", "dfhl"):
+        cls = METHODS.get(name)
+        for variant in ["paper"] + [v for v in getattr(cls, "variants", {}) if v != "paper"]:
+            cfg = resolve_config(cls, "cifar10", "gpu", {"variant": variant})
+            assert cfg.epochs > getattr(cfg, "warmup_epochs", 0), (name, variant)
