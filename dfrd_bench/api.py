@@ -94,13 +94,16 @@ def load_results(folders: Folders) -> "pandas.DataFrame":  # noqa: F821
     defaults_version), the run (method, variant, settings: the method settings changed with --set, as
     text; student, seed, run_dir), the attack and its run-level metrics (n, avg, worst, worst10, nsd,
     target_entropy_norm), the class (class_index, class_name, class_n, accuracy in percent) and the
-    run's cost (train_seconds, eval_seconds, threads, device). A file that should be a result and
+    run's cost (train_seconds, eval_seconds, threads, device), and the per-image outcomes where the
+    result has them: `correct`, a boolean array over the class's images in evaluation order, and
+    `images_sha256`, equal for rows whose images pair one for one (None for older results). A file that should be a result and
     fails validation (docs/results-schema.md) is left out with a warning naming it and the reason."""
     import warnings
 
     import pandas as pd
 
     from .data.specs import get_dataset_spec
+    from .metrics import decode_outcomes
     from .report.collect import unreadable_results
 
     for path, reason in unreadable_results(folders):
@@ -119,7 +122,11 @@ def load_results(folders: Folders) -> "pandas.DataFrame":  # noqa: F821
                 "threads": prov.get("torch_threads"), "device": prov.get("device")}
         for attack, entry in r.result["attacks"].items():
             metrics = {k: entry.get(k) for k in ("n", "avg", "worst", "worst10", "nsd", "target_entropy_norm")}
+            outcomes = entry.get("outcomes")
+            bits = decode_outcomes(outcomes, entry["per_class_n"]) if outcomes else None
+            images = outcomes.get("images_sha256") if outcomes else None
             for c, (acc, n) in enumerate(zip(entry.get("per_class") or [], entry.get("per_class_n") or [])):
                 rows.append({**base, "attack": attack, **metrics, "class_index": c,
-                             "class_name": names[c] if c < len(names) else str(c), "class_n": n, "accuracy": acc})
+                             "class_name": names[c] if c < len(names) else str(c), "class_n": n, "accuracy": acc,
+                             "images_sha256": images, "correct": None if bits is None else bits[c]})
     return pd.DataFrame(rows)

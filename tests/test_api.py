@@ -59,3 +59,14 @@ def test_load_results_is_what_the_tables_show(tmp_path):
     assert per_run.worst.mean() == pytest.approx(ferd.cells[("pgd20", "worst")].mean)
     worst = frame[frame.attack == "pgd20"].groupby("seed").accuracy.min()
     assert list(worst) == list(per_run.worst)
+
+
+def test_load_results_exposes_per_image_outcomes(tmp_path):
+    from dfrd_bench.api import load_results
+    from dfrd_bench.simulate import simulate_runs, write_benchmark
+
+    runs = simulate_runs({"ferd": 0.0, "fast": 0.0}, 2, 1.0, images_per_class=50, seed=4)
+    df = load_results(write_benchmark(runs, tmp_path / "r"))
+    row = df[(df.method == "ferd") & (df.seed == 1) & (df.attack == "pgd20") & (df.class_index == 3)].iloc[0]
+    assert len(row.correct) == 50 and row.images_sha256 == "simulated-10x50"
+    assert row.correct.mean() * 100 == pytest.approx(row.accuracy)
