@@ -118,19 +118,24 @@ def probe_images(data: ImageSet, n: int = PROBE_IMAGES) -> torch.Tensor:
     return torch.from_numpy(data.x[:n].copy()).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
 
 
-def check_finite_outputs(model: torch.nn.Module, x_probe: torch.Tensor, what: str = "the model") -> None:
-    """Refuse a model whose outputs (in eval mode) on a probe batch are NaN or infinite: finite but
-    huge weights can overflow every logit, and argmax of NaN is class 0 (a chance-level 'result')."""
+def non_finite_outputs(model: torch.nn.Module, x_probe: torch.Tensor) -> Tuple[int, int]:
+    """(non-finite entries, all entries) of the model's outputs, in eval mode, on a probe batch."""
     if not len(x_probe):
-        return
+        return 0, 0
     dev = next((t.device for t in list(model.parameters()) + list(model.buffers())), x_probe.device)
     with frozen(model), torch.no_grad():
         out = model(x_probe.to(dev))
-    bad = int((~torch.isfinite(out.detach().float())).sum())
+    return int((~torch.isfinite(out.detach().float())).sum()), out.numel()
+
+
+def check_finite_outputs(model: torch.nn.Module, x_probe: torch.Tensor, what: str = "the model") -> None:
+    """Refuse a model whose outputs (in eval mode) on a probe batch are NaN or infinite: finite but
+    huge weights can overflow every logit, and argmax of NaN is class 0 (a chance-level 'result')."""
+    bad, total = non_finite_outputs(model, x_probe)
     if bad:
         from .errors import DivergenceError
 
-        raise DivergenceError(f"{what} gives {bad:,} non-finite outputs of {out.numel():,} on {len(x_probe)} probe "
+        raise DivergenceError(f"{what} gives {bad:,} non-finite outputs of {total:,} on {len(x_probe)} probe "
                               "images: it diverged (its weights overflow), so no result is written (retrain with a "
                               "lower learning rate)")
 

@@ -33,7 +33,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from scipy import stats
 
-from .metrics import decode_outcomes, nsd, worst_fraction
+from .metrics import decode_outcomes, metric_draws, nsd, worst_fraction
 
 ALPHA = 0.05
 IMAGE_DRAWS = 400          # image resamples for v_img (its Monte-Carlo error is a few % of a small term)
@@ -85,7 +85,7 @@ def _point(run: RunEval, metric: str) -> float:
     n = np.asarray(run.per_class_n)
     keep = (n > 0) & ~np.isnan(pc)
     if metric == "worst10":
-        return worst_fraction(pc[keep], 0.1) if keep.all() else worst_fraction(pc, 0.1)
+        return worst_fraction(pc, 0.1)      # as metrics.summarize computes it
     if metric == "nsd":
         return nsd(pc[keep])
     return float(metric_of(pc[keep], metric, n[keep]))
@@ -116,14 +116,6 @@ def _paired_draws(runs: Sequence[RunEval], metric: str, draws: int, seed: int) -
     return metric_of(pct[..., keep], metric, np.asarray(sizes)[keep])
 
 
-def _binomial_draws(run: RunEval, metric: str, draws: int, rng: np.random.Generator) -> np.ndarray:
-    acc = np.array([np.nan if v is None else v for v in run.per_class], dtype=float) / 100.0
-    n = np.asarray(run.per_class_n, dtype=np.int64)
-    keep = (n > 0) & ~np.isnan(acc)
-    hits = rng.binomial(n[keep][None, :], acc[keep][None, :], size=(draws, int(keep.sum()))) / n[keep] * 100.0
-    return metric_of(hits, metric, n[keep])
-
-
 def paired(a: Sequence[RunEval], b: Sequence[RunEval]) -> bool:
     """True when every run of both groups has outcomes on the same images (the paired image resampling)."""
     runs = list(a) + list(b)
@@ -132,16 +124,17 @@ def paired(a: Sequence[RunEval], b: Sequence[RunEval]) -> bool:
 
 def image_variance(a: Sequence[RunEval], b: Sequence[RunEval], metric: str, draws: int = IMAGE_DRAWS,
                    seed: int = 0) -> float:
-    """Var over test-image resamples of mean_A - mean_B (see the module docstring for both paths)."""
+    """Var over test-image resamples of mean_A - mean_B, or of mean_A alone when `b` is empty (see the
+    module docstring for the paired and the unpaired path)."""
     if paired(a, b):
         d = _paired_draws(list(a) + list(b), metric, draws, seed)
-        diff = d[:, :len(a)].mean(1) - d[:, len(a):].mean(1)
+        diff = d[:, :len(a)].mean(1) - (d[:, len(a):].mean(1) if len(b) else 0.0)
         diff = diff[~np.isnan(diff)]
         return float(diff.var(ddof=1)) if len(diff) > 1 else 0.0
     rng = np.random.default_rng(seed)
     sds = []
     for group in (a, b):
-        per_run = [np.nanstd(_binomial_draws(r, metric, draws, rng), ddof=1) for r in group]
+        per_run = [np.nanstd(metric_draws(r.per_class, r.per_class_n, metric, draws, rng)[1], ddof=1) for r in group]
         sds.append(float(np.mean(per_run)) if per_run else 0.0)   # seeds of a group fully correlated
     return sds[0] ** 2 + sds[1] ** 2
 
@@ -207,12 +200,7 @@ def interval(runs: Sequence[RunEval], metric: str, level: float = 1 - ALPHA) -> 
     vals = vals[~np.isnan(vals)]
     if len(vals) < 2:
         return None
-    if all(r.bits is not None for r in runs) and len({r.images_sha256 for r in runs}) == 1:
-        v_img = float(np.nanvar(_paired_draws(list(runs), metric, IMAGE_DRAWS, 0).mean(1), ddof=1))
-    else:
-        rng = np.random.default_rng(0)
-        v_img = float(np.mean([np.nanstd(_binomial_draws(r, metric, IMAGE_DRAWS, rng), ddof=1) for r in runs])) ** 2
-    se = math.sqrt(vals.var(ddof=1) / len(vals) + v_img)
+    se = math.sqrt(vals.var(ddof=1) / len(vals) + image_variance(runs, [], metric))
     q = float(stats.t.ppf(0.5 + level / 2, len(vals) - 1))
     top = math.inf if metric == "nsd" else 100.0     # a symmetric interval, cut to the values the metric can take
     return max(0.0, float(vals.mean() - q * se)), min(top, float(vals.mean() + q * se))

@@ -40,7 +40,7 @@ from .data import get_dataset_spec, load_split
 from .distributed import EvalShard, World, session
 from .epoch_log import epoch_line, open_tensorboard, require_tensorboard
 from .errors import DfrdError, DivergenceError, first_line
-from .evaluator import check_finite_outputs, evaluate, non_finite_parameters, parse_attacks, probe_images
+from .evaluator import evaluate, non_finite_outputs, non_finite_parameters, parse_attacks, probe_images
 from .method import Batch, Method, MethodContext, Samples, check_teacher, get_method
 from .models import build_model, count_parameters
 from .pool import SamplePool
@@ -379,24 +379,19 @@ def _non_finite_logs(record: Dict[str, Any]) -> List[str]:
 
 
 def _check_epoch(ctx: MethodContext, record: Dict[str, Any], probe: torch.Tensor, method: str, epoch: int) -> None:
-    """After every epoch, before its checkpoint: every logged loss (generator and student) finite, the
-    student's weights finite and its outputs on a few test images finite (finite but huge weights
-    overflow every logit, and argmax of NaN is class 0). In a data-parallel run the generator logs are
-    each rank's own, so the ranks agree on the decision first."""
+    """After every epoch, before its checkpoint: every logged loss (generator and student) finite and
+    the student's outputs on a few test images finite (finite but huge weights overflow every logit,
+    and argmax of NaN is class 0); its weights were checked at the end of its stage (_check_student).
+    In a data-parallel run the generator logs are each rank's own, so the ranks agree on the decision first."""
     bad_logs = _non_finite_logs(record)
     if ctx.world.max(1.0 if bad_logs else 0.0) > 0:
         shown = ", ".join(f"{k} = {record[k]}" for k in bad_logs[:3]) or "on another rank"
         raise DivergenceError(f"{method}: the run diverged in epoch {epoch} (a loss is non-finite: {shown}); "
                               f"{DIVERGED_ADVICE}")
-    bad, total = non_finite_parameters(ctx.student)
+    bad, total = non_finite_outputs(ctx.student, probe)
     if bad:
-        raise DivergenceError(f"{method}: the student diverged in epoch {epoch} ({bad:,} of {total:,} weights are "
-                              f"non-finite); {DIVERGED_ADVICE}")
-    try:
-        check_finite_outputs(ctx.student, probe, what="the student")
-    except DivergenceError as exc:
-        detail = str(exc).split(":")[0]
-        raise DivergenceError(f"{method}: the student diverged in epoch {epoch} ({detail}); {DIVERGED_ADVICE}") from None
+        raise DivergenceError(f"{method}: the student diverged in epoch {epoch} ({bad:,} of {total:,} outputs on "
+                              f"{len(probe)} probe images are non-finite); {DIVERGED_ADVICE}")
 
 
 def _silent(message: str) -> None:
