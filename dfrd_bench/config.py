@@ -32,7 +32,15 @@ PRECISIONS = ("auto", "fp32", "bf16")
 # preset); every run result records it and tables never put two versions in one setup.
 #   1: before issue 9 (FERD's UTAEs on the teacher, no student-stage augmentation, NVlabs DeepInv, ...)
 #   2: issue 9's defaults (docs/methods/ferd.md, docs/methods.md)
+#   3: issue 29, per method (`Method.defaults_version`): FERD's bottleneck as its authors' code runs it,
+#      `released` with their generator initialisation; DeepInv's `paper` pixel steps. The core's own
+#      defaults did not move, so this number stays 2 and other methods' runs stay current.
 DEFAULTS_VERSION = 2
+
+
+def run_defaults_version(method_cls: Any) -> int:
+    """The defaults version a run of `method_cls` records: the core's, or the method's where it moved later."""
+    return max(DEFAULTS_VERSION, int(getattr(method_cls, "defaults_version", 0) or 0))
 
 # Settings the runner owns (every method has them).
 RUNNER_DEFAULTS: Dict[str, Any] = {
@@ -336,6 +344,9 @@ def resolve_config(method_cls: Any, dataset: str, preset: str, overrides: Option
     for key, choices in (("compile", COMPILE_MODES), ("precision", PRECISIONS)):
         if values[key] not in choices:
             raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {values[key]!r}")
+    for key, allowed in getattr(method_cls, "choices", {}).items():
+        if values.get(key) not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))}, got {values.get(key)!r}")
     defaults = {**RUNNER_DEFAULTS, **method_defaults}
     validate(values, defaults, {**RUNNER_RANGES, **getattr(method_cls, "ranges", {})})
     return Config(values)

@@ -14,6 +14,10 @@ from torch import nn
 
 from .acceleration import fp32_region
 
+# How a generator is (re-)initialised: the DFKD authors' `reset_model` (CMI's and FERD's released code),
+# or PyTorch's default initialisation of each layer.
+GENERATOR_INITS = ("dcgan", "default")
+
 
 class Generator(nn.Module):
     def __init__(self, latent_dim: int = 256, width: int = 64, image_size: int = 32, channels: int = 3,
@@ -61,3 +65,29 @@ class Generator(nn.Module):
             for layer in (self.l1[0], self.conv_blocks[0]):
                 layer.weight.copy_(torch.empty(layer.weight.shape).normal_(0.0, 0.02, generator=generator))
                 layer.bias.zero_()
+
+
+def dcgan_init_(module: nn.Module) -> None:
+    """The authors' code's `reset_model` (CMI's `datafree/utils`, FERD's `IBD_module_cmi.py`): conv and
+    linear weights N(0, 0.02), BN scales N(1, 0.02), biases 0. Draws from torch's global RNG, as theirs."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+            m.reset_running_stats()
+
+
+def reinit_generator_(generator: nn.Module, scheme: str) -> None:
+    """Re-initialise every layer of `generator` by `scheme` (one of GENERATOR_INITS)."""
+    if scheme == "dcgan":
+        dcgan_init_(generator)
+    elif scheme == "default":
+        for m in generator.modules():
+            if m is not generator and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+    else:
+        raise ValueError(f"unknown generator initialisation {scheme!r}: one of {', '.join(GENERATOR_INITS)}")

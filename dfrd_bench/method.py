@@ -190,6 +190,11 @@ class Method:
     # Allowed values of the method's numeric settings (dfrd_bench.config.Range), checked when the
     # settings are resolved, before anything runs; every float setting must also be finite.
     ranges: ClassVar[Dict[str, Any]] = {}
+    # Allowed values of the method's text settings ({setting: (value, ...)}), checked with the ranges.
+    choices: ClassVar[Dict[str, Tuple[Any, ...]]] = {}
+    # Raised when one of this method's defaults moves (a reading, a preset's budget); a run records
+    # max(dfrd_bench.config.DEFAULTS_VERSION, this) and tables keep only a method's newest runs.
+    defaults_version: ClassVar[int] = 0
     presets: ClassVar[Dict[str, Dict[str, Dict[str, Any]]]] = {}
     variants: ClassVar[Dict[str, Dict[str, Any]]] = {}
     # True once the method keeps its shared state the same on every process of a data-parallel run
@@ -201,6 +206,10 @@ class Method:
         'batchnorm' (BN-statistics hooks), 'layer' (features at layer l, forward_from), 'stages'
         (every stage's output). A TorchScript or opaque `py:` teacher exposes none of them."""
         return ()
+
+    def feature_layer(self, cfg: Mapping[str, Any], teacher: Classifier) -> Optional[str]:
+        """Layer l for a method that needs 'layer': the `layer` setting, else the teacher's default."""
+        return cfg.get("layer") or teacher.feature_layer
 
     def setup(self, ctx: MethodContext) -> None:
         pass
@@ -245,7 +254,7 @@ def _missing(teacher: Classifier, need: str, cfg: Mapping[str, Any]) -> Optional
     if need == "batchnorm":
         return None if teacher.bn_layers() else ("has no BatchNorm layer", "pick a teacher with BatchNorm or another method")
     if need == "layer" and (cfg.get("layer") or teacher.feature_layer):
-        return None
+        return None  # the method's own choice of layer is then checked on a probe (check_teacher)
     if need == "stages" and teacher.stage_names:
         return None
     return "exposes none (its architecture's stages are not known)", NO_STAGES
@@ -265,7 +274,7 @@ def check_teacher(method: "Method", teacher: Classifier, cfg: Config) -> None:
         from .data import get_dataset_spec
 
         size = get_dataset_spec(cfg["dataset"]).image_size if "dataset" in cfg else 32
-        layer = (cfg.get("layer") or teacher.feature_layer) if "layer" in needs else None
+        layer = method.feature_layer(cfg, teacher) if "layer" in needs else None
         try:
             teacher.check_layers(size, teacher.stage_names if "stages" in needs else (), continue_from=layer)
         except InputError as exc:

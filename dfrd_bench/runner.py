@@ -35,7 +35,7 @@ from .acceleration import Accelerator, enable_cudnn_autotune
 from .attacks import AttackSettings
 from .checkpoints import save_model, sha256_file, weights_sha256
 from .augment import random_crop_flip
-from .config import DEFAULTS_VERSION, STUDENT_SCHEDULES, Config, check_seed, resolve_config, student_steps
+from .config import STUDENT_SCHEDULES, run_defaults_version, Config, check_seed, resolve_config, student_steps
 from .data import get_dataset_spec, load_split
 from .distributed import EvalShard, World, session
 from .epoch_log import epoch_line, open_tensorboard, require_tensorboard
@@ -666,7 +666,7 @@ def _run_locked(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, d
                          "world_size": world.size},
             "config": json.loads(json.dumps(cfg.to_dict(), default=str)),
             "student_steps": student_steps(cfg),
-            "defaults_version": DEFAULTS_VERSION,
+            "defaults_version": run_defaults_version(method_cls),
             "overrides": {k: v for k, v in req.overrides.items()},
             "history": history,
             "wall_seconds": {"train": round(train_seconds, 1), "eval": round(time.time() - t_eval, 1)},

@@ -25,14 +25,13 @@ from torch import nn
 
 from dfrd_bench.augment import random_crop_flip, random_resized_crop
 from dfrd_bench.config import ConfigError
-from dfrd_bench.generators import Generator
+from dfrd_bench.generators import GENERATOR_INITS, Generator, dcgan_init_, reinit_generator_  # noqa: F401 (re-exported)
 from dfrd_bench.hooks import bn_input_means, bn_statistics_loss
 from dfrd_bench.losses import decision_adversarial_loss
 from dfrd_bench.method import LowestLossBatch, MethodContext, MethodInfo, Samples, frozen, register_method
 from dfrd_bench.robust_kd import RSLAD_DEFAULTS, RobustKDMethod
 
 FEATURE_SOURCES = ("bn", "stages")
-GENERATOR_INITS = ("dcgan", "default")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -129,28 +128,6 @@ def contrastive_loss(head: Callable[[torch.Tensor], torch.Tensor], local_feat: t
     if len(bank_local):
         return per_row[:n].mean() + per_row[n:].mean()
     return per_row.mean()
-
-
-def dcgan_init_(module: nn.Module) -> None:
-    """The authors' code's `reset_model`: conv/linear weights N(0, 0.02), BN scales N(1, 0.02), biases 0."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-            nn.init.normal_(m.weight, 0.0, 0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.normal_(m.weight, 1.0, 0.02)
-            nn.init.zeros_(m.bias)
-            m.reset_running_stats()
-
-
-def reinit_generator_(generator: nn.Module, scheme: str) -> None:
-    if scheme == "dcgan":
-        dcgan_init_(generator)
-    else:
-        for m in generator.modules():
-            if m is not generator and hasattr(m, "reset_parameters"):
-                m.reset_parameters()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ See docs/methods/ferd.md for every default and the evidence behind it, and the v
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,7 @@ from dfrd_bench.acceleration import randn_in_layout
 from dfrd_bench.attacks import ce_objective, cw_margin, kl_objective, sign_ascent
 from dfrd_bench.augment import random_crop_flip
 from dfrd_bench.config import ConfigError, Range, count
-from dfrd_bench.generators import Generator
+from dfrd_bench.generators import GENERATOR_INITS, Generator, dcgan_init_
 from dfrd_bench.hooks import bn_statistics_loss
 from dfrd_bench.losses import kl_div, kl_uniform, soft_cross_entropy
 from dfrd_bench.method import (Batch, LowestLossBatch, Method, MethodContext, MethodInfo, Samples, frozen,
@@ -108,27 +108,52 @@ def least_pgd_steps(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ep
 # ------------------------------------------------------------------------------------------------
 # 2. Fairness-Aware Examples: information bottleneck on the teacher's layer l (Eq. 4-7)
 # ------------------------------------------------------------------------------------------------
-def ib_regularizer(noise_var: torch.Tensor, feature_var: torch.Tensor) -> torch.Tensor:
-    """sum_c (v_c / s_c^2 + log(s_c^2 / v_c) - 1) (Eq. 5), s_c^2 = softplus(lambda_c)^2."""
-    return (feature_var / noise_var + torch.log(noise_var / feature_var) - 1).sum()
+# How the bottleneck is read (docs/methods/ferd.md, "The information bottleneck"): the authors' code
+# (IFP.py, wideresnet_ifd.py) is the default, Eq. 5 as printed the named variant `ib-printed`.
+IB_NOISE = ("per-sample", "per-channel")       # s per sample and channel, reset each step | one s per channel
+IB_PENALTY = ("mean", "sum")                   # 0.5 x mean over samples and channels | Eq. 5's sum over channels
+IB_LAYERS = ("after-norm", "block")            # layer l after the teacher's final BN (pop=3) | the block output
+IB_MASK_VARIANCES = ("sample", "clean", "noisy")
 
 
-def non_robust_channels(noise_var: torch.Tensor, noisy_feature_var: torch.Tensor) -> torch.Tensor:
-    """Eq. 6: channel k is non-robust when s_k^2 < max_c Var(Z_I^c)."""
-    return noise_var < noisy_feature_var.max()
+def ib_regularizer(noise_var: torch.Tensor, feature_var: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+    """The KL term of Eq. 5, v / s^2 + log(s^2 / v) - 1 per channel (and per sample when the scales are
+    per sample: shapes [C] or [B, C]), reduced as Eq. 5 prints it ('sum' over channels, then the mean
+    over samples) or as the authors' `IFP.kl_div` computes it ('mean': 0.5 x the mean over all terms)."""
+    terms = feature_var / noise_var + torch.log(noise_var / feature_var) - 1
+    if reduction == "mean":
+        return 0.5 * terms.mean()
+    return terms.sum(-1).mean()
+
+
+def non_robust_channels(noise_var: torch.Tensor, reference_var: torch.Tensor) -> torch.Tensor:
+    """Eq. 6: channel k (of each sample, for per-sample scales) is non-robust when s_k^2 < max Var."""
+    return noise_var < reference_var.max()
+
+
+def as_feature_map(scale: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Scales [C] (one per channel) or [B, C] (per sample and channel) shaped to broadcast over z [B, C, ...]."""
+    lead = tuple(scale.shape) if scale.dim() == 2 else (1, -1)
+    return scale.view(lead + (1,) * (z.dim() - 2))
 
 
 def ib_loss(head, z: torch.Tensor, y: torch.Tensor, noise_scale: torch.Tensor, noise: torch.Tensor,
-            feature_var: torch.Tensor, beta: float) -> torch.Tensor:
-    """One step's information-bottleneck objective (Eq. 4-5): CE(f_{l+}(z + s * noise), y) + beta * IB,
-    s = softplus(lambda) per channel; softplus is evaluated once and the noise added in one fused op."""
+            feature_var: torch.Tensor, beta: float, reduction: str = "sum") -> torch.Tensor:
+    """One step's information-bottleneck objective (Eq. 4-5): CE(f_{l+}(z + s * noise), y) + beta * KL,
+    s = softplus(lambda); softplus is evaluated once and the noise added in one fused op."""
     scale = F.softplus(noise_scale)
-    z_i = torch.addcmul(z, scale.view((1, -1) + (1,) * (z.dim() - 2)), noise)
-    return F.cross_entropy(head(z_i), y) + beta * ib_regularizer(scale * scale, feature_var)
+    z_i = torch.addcmul(z, as_feature_map(scale, z), noise)
+    return F.cross_entropy(head(z_i), y) + beta * ib_regularizer(scale * scale, feature_var, reduction)
 
 
 def channel_var(z: torch.Tensor) -> torch.Tensor:
+    """Each channel's variance over the batch and positions ([C]; the printed reading)."""
     return z.var(dim=[0] + list(range(2, z.dim())), unbiased=False)
+
+
+def sample_channel_var(z: torch.Tensor) -> torch.Tensor:
+    """Each sample's and channel's variance over positions ([B, C]), unbiased, as `IFP.py` takes it."""
+    return z.var(dim=list(range(2, z.dim())))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -180,13 +205,19 @@ class FERD(Method):
         "augment": True,              # crop+flip views of x_F for the teacher and student (CMI/authors' code)
         # L_gen weights (Sec. 5.1)
         "lambda_adv": 1.0, "lambda_bn": 5.0, "lambda_oh": 1.0, "lambda_uni": 5.0,
-        # information bottleneck (authors' code: 50 Adam steps, lr 0.1, beta 0.3)
+        # information bottleneck (authors' code: 50 Adam steps, lr 0.1, beta 0.3), read as the authors'
+        # IFP.py runs it (defaults v3; Eq. 5 as printed: variant ib-printed, the defaults of v2):
         "ib_beta": 0.3, "ib_steps": 50, "ib_lr": 0.1,
-        # Eq. 6 compares s_k^2 with the largest channel variance. Of the noisy features Z_I (the
-        # paper's literal formula) that is never exceeded, since Var(Z_I^k) >= s_k^2, so every channel
-        # would be non-robust; 'clean' uses the variance of Z = f_l(x) (the authors' code's wording).
-        "ib_mask_variance": "clean",
-        "layer": "",                  # '' = the teacher's last convolutional block (Sec. 5.1)
+        "ib_noise": "per-sample",     # a scale and a noise draw per sample and channel, fitted afresh each step
+        "ib_penalty": "mean",         # 0.5 x the mean over samples and channels of the KL term (IFP.kl_div)
+        "ib_layer": "after-norm",     # layer l after the teacher's final BN where its head starts with one (pop=3)
+        # Eq. 6 compares s_k^2 with the largest variance: 'sample' = the largest per-sample spatial
+        # variance of the clean features (IFP.py); 'clean' = the largest channel variance over the batch;
+        # 'noisy' = of the noisy features Z_I, the literal formula, which no channel can exceed
+        # (Var(Z_I^k) >= s_k^2), so every channel is non-robust.
+        "ib_mask_variance": "sample",
+        "layer": "",                  # '' = the teacher's last convolutional block (Sec. 5.1), see ib_layer
+        "gen_init": "default",        # PyTorch's initialisation; 'dcgan' = the authors' reset_model (released)
         # reweighting
         "reweight": True, "reweight_strategy": "margin-softmax", "reweight_temperature": 1.0,
         "reweight_pgd_steps": 20, "lps_beta": 2.0, "lps_lambda": 0.0, "minmax_low": 0.05, "minmax_high": 0.2,
@@ -211,10 +242,16 @@ class FERD(Method):
         "gen_lr": Range(0.0, low_open=True), "lr_z": Range(0.0), "latent_dim": count(1), "gen_width": count(1),
         "dkd_temperature": Range(0.0, low_open=True), "minmax_low": Range(0.0), "minmax_high": Range(0.0),
     }
+    choices = {
+        "reweight_strategy": REWEIGHT_STRATEGIES, "ib_noise": IB_NOISE, "ib_penalty": IB_PENALTY,
+        "ib_layer": IB_LAYERS, "ib_mask_variance": IB_MASK_VARIANCES, "utae_on": ("teacher", "student"),
+        "gen_adv_loss": ("kl", "dkd"), "gen_init": GENERATOR_INITS,
+    }
     presets = {
         "quick": {"*": {"ib_steps": 10, "reweight_pgd_steps": 10, "utae_steps": 5, "utae_step": 8 / 255 / 4}},
         "smoke": {"*": {"ib_steps": 2, "reweight_pgd_steps": 2, "utae_steps": 2}},
     }
+    defaults_version = 3  # issue 29: the bottleneck as IFP.py runs it; released's generator initialisation
     data_parallel = True  # generator, IB noise scale and class statistics are kept the same on every process
     variants = {
         # Eq. 10 as printed: UTAEs crafted on the TEACHER, no student-stage augmentation (the suite's
@@ -226,12 +263,17 @@ class FERD(Method):
         "released": {
             "*": {"utae_on": "student", "gamma": 0.0, "reweight_strategy": "minmax", "reinit_generator": True,
                   "conditional": False, "warmup_epochs": 20, "student_schedule": "cosine-through-warmup",
-                  "student_augment": True, "gen_adv_loss": "dkd", "latent_dim": 100, "lr_z": 0.015},
+                  "student_augment": True, "gen_adv_loss": "dkd", "latent_dim": 100, "lr_z": 0.015,
+                  "gen_init": "dcgan"},
             "quick": {"warmup_epochs": 1, "epochs": 9},
             "standard": {"warmup_epochs": 1, "epochs": 41},
             "smoke": {"warmup_epochs": 1, "epochs": 3},
             "gpu": {"warmup_epochs": 2, "epochs": 22},   # as Fast's warm-up at `gpu`: 20 student epochs after it
         },
+        # Eq. 5 as printed (the defaults of v2): one noise scale per channel for the whole batch, carried
+        # over the epoch's generator steps, per-pixel noise, the KL summed over channels, layer l at the
+        # block output, the mask threshold from the channel variance over the batch.
+        "ib-printed": {"ib_noise": "per-channel", "ib_penalty": "sum", "ib_layer": "block", "ib_mask_variance": "clean"},
         # DIAGNOSTIC, not FERD: RSLAD's weights (5/6 on the adversarial term) on the default.
         "rslad-weights": {"lambda_1": 1 / 6, "lambda_2": 5 / 6},
     }
@@ -241,17 +283,21 @@ class FERD(Method):
         # BN-statistics loss on the teacher; the bottleneck and UTAEs split it at layer l
         return ("batchnorm", "layer")
 
+    def feature_layer(self, cfg: Any, teacher) -> Optional[str]:
+        """Layer l: `layer` when set; else the teacher's last block, or (ib_layer=after-norm) the final
+        BatchNorm right after it where the teacher's head starts with one (the authors' pop=3 split)."""
+        if cfg.get("layer"):
+            return cfg.get("layer")
+        if cfg.get("ib_layer", "after-norm") == "after-norm" and getattr(teacher, "head_norm_layer", None):
+            return teacher.head_norm_layer
+        return teacher.feature_layer
+
     def setup(self, ctx: MethodContext) -> None:
         cfg = ctx.cfg
-        if cfg.reweight_strategy not in REWEIGHT_STRATEGIES:
-            raise ConfigError(f"reweight_strategy must be one of {', '.join(REWEIGHT_STRATEGIES)}")
-        if cfg.ib_mask_variance not in ("clean", "noisy"):
-            raise ConfigError("ib_mask_variance must be clean or noisy")
-        if cfg.utae_on not in ("teacher", "student"):
-            raise ConfigError(f"utae_on must be teacher or student, got {cfg.utae_on!r}")
-        if cfg.gen_adv_loss not in ("kl", "dkd"):
-            raise ConfigError(f"gen_adv_loss must be kl or dkd, got {cfg.gen_adv_loss!r}")
-        self.layer = cfg.layer or ctx.teacher.feature_layer
+        for key, allowed in self.choices.items():
+            if cfg.get(key) not in allowed:
+                raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {cfg.get(key)!r}")
+        self.layer = self.feature_layer(cfg, ctx.teacher)
         if self.layer is None:
             raise ConfigError(f"teacher {ctx.teacher.arch} exposes no intermediate layer; FERD needs layer l")
         c = ctx.num_classes
@@ -264,7 +310,10 @@ class FERD(Method):
     def _build_generator(self, ctx: MethodContext) -> None:
         cfg = ctx.cfg
         self.generator = Generator(cfg.latent_dim, cfg.gen_width, ctx.image_size,
-                                   num_classes=ctx.num_classes if cfg.conditional else None).to(ctx.device)
+                                   num_classes=ctx.num_classes if cfg.conditional else None)
+        if cfg.gen_init == "dcgan":
+            dcgan_init_(self.generator)  # the released code's reset_model, at every re-initialisation
+        self.generator = self.generator.to(ctx.device)
         self.gen_opt = torch.optim.Adam(self.generator.parameters(), lr=cfg.gen_lr, betas=(cfg.gen_beta1, cfg.gen_beta2))
         ctx.sync_module(self.generator)  # data-parallel: a re-built generator is drawn per process
 
@@ -277,8 +326,10 @@ class FERD(Method):
         y = ctx.multinomial(self.p, n) if cfg.reweight else ctx.randint(ctx.num_classes, n)
         z = ctx.randn(n, cfg.latent_dim).requires_grad_(True)
         z_opt = torch.optim.Adam([z], lr=cfg.lr_z, betas=(cfg.gen_beta1, cfg.gen_beta2))
-        noise_scale = torch.zeros(self._feature_channels(ctx), device=ctx.device, requires_grad=True)
-        ib_opt = torch.optim.Adam([noise_scale], lr=cfg.ib_lr)
+        carried = None
+        if cfg.ib_noise == "per-channel":  # one scale per channel, carried over this epoch's generator steps
+            scale = torch.zeros(self._feature_channels(ctx), device=ctx.device, requires_grad=True)
+            carried = (scale, torch.optim.Adam([scale], lr=cfg.ib_lr))
         self.generator.train()
         best = LowestLossBatch(ctx.device)
         best_x = None
@@ -292,7 +343,7 @@ class FERD(Method):
                 terms = {"bn": bn.loss(), "oh": F.cross_entropy(t_logits, y),
                          "adv": -self._divergence(cfg, t_logits, student(view))}  # the generator seeks T-S divergence
                 if cfg.fae and cfg.lambda_uni > 0:
-                    mask = self._non_robust_mask(ctx, teacher, view, feats.detach(), y, noise_scale, ib_opt)
+                    mask = self._non_robust_mask(ctx, teacher, view, feats.detach(), y, carried)
                     terms["uni"] = kl_uniform(teacher.forward_from(feats * mask, view, self.layer))
                     terms["nonrobust_frac"] = mask.mean()
                 total = (cfg.lambda_adv * terms["adv"] + cfg.lambda_bn * terms["bn"] + cfg.lambda_oh * terms["oh"]
@@ -327,29 +378,42 @@ class FERD(Method):
             return int(ctx.teacher.features(probe, self.layer).shape[1])
 
     def _non_robust_mask(self, ctx: MethodContext, teacher, x: torch.Tensor, z: torch.Tensor, y: torch.Tensor,
-                         noise_scale: torch.Tensor, opt: torch.optim.Optimizer) -> torch.Tensor:
-        """Fit the per-channel noise scale (Eq. 5) on the features z the teacher gave images x at layer l,
-        then mask the non-robust channels (Eq. 6)."""
+                         carried: Optional[Tuple[torch.Tensor, torch.optim.Optimizer]]) -> torch.Tensor:
+        """Fit the noise scales (Eq. 5) on the features z the teacher gave images x at layer l, then mask
+        the non-robust channels (Eq. 6): [B, C, 1, 1] for per-sample scales, [1, C, 1, 1] per channel.
+        Per sample (the authors' IFP.find_features): the scales start at 0 with a fresh Adam at every
+        call and the noise is one draw per sample and channel, constant over positions; per channel
+        (`carried`): one scale per channel, its optimiser carried over the epoch, per-pixel noise."""
         cfg = ctx.cfg
-        shape = (1, -1) + (1,) * (z.dim() - 2)
-        feature_var = channel_var(z).clamp_min(1e-6)
         head = lambda h: teacher.forward_from(h, x, self.layer)  # noqa: E731  f_{l+}
+        if carried is None:
+            noise_scale = torch.zeros(z.shape[:2], device=z.device, requires_grad=True)
+            opt: torch.optim.Optimizer = torch.optim.Adam([noise_scale], lr=cfg.ib_lr)
+            feature_var = sample_channel_var(z).clamp_min(1e-6)
+            draw = lambda: torch.randn(z.shape[:2] + (1,) * (z.dim() - 2), device=z.device, dtype=z.dtype)  # noqa: E731
+        else:
+            noise_scale, opt = carried
+            feature_var = channel_var(z).clamp_min(1e-6)
+            # noise drawn in z's memory layout: randn_like on channels-last is 9x slower (acceleration.py)
+            draw = lambda: randn_in_layout(z)  # noqa: E731
         # Eager on purpose: torch.compile made these 50 small steps slower on CPU (0.42 against 0.31 s).
         for _ in range(cfg.ib_steps):
-            # noise drawn in z's memory layout: randn_like on channels-last is 9x slower (acceleration.py)
-            loss = ib_loss(head, z, y, noise_scale, randn_in_layout(z), feature_var, cfg.ib_beta)
+            loss = ib_loss(head, z, y, noise_scale, draw(), feature_var, cfg.ib_beta, cfg.ib_penalty)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            ctx.average_gradients([noise_scale])  # one noise scale per channel, shared by the global batch
+            if carried is not None:
+                ctx.average_gradients([noise_scale])  # one noise scale per channel, shared by the global batch
             opt.step()
         with torch.no_grad():
-            noise = F.softplus(noise_scale)
-            if cfg.ib_mask_variance == "noisy":
-                reference_var = channel_var(z + noise.view(shape) * randn_in_layout(z))
+            scale = F.softplus(noise_scale)
+            if cfg.ib_mask_variance == "sample":
+                reference_var = sample_channel_var(z)
+            elif cfg.ib_mask_variance == "noisy":
+                reference_var = channel_var(z + as_feature_map(scale, z) * draw())
             else:
-                reference_var = feature_var
-            mask = non_robust_channels(noise ** 2, reference_var)
-        return mask.float().view(shape)
+                reference_var = channel_var(z)
+            mask = non_robust_channels(scale ** 2, reference_var)
+        return as_feature_map(mask.float(), z)
 
     def _reweight(self, ctx: MethodContext, x: torch.Tensor, y: torch.Tensor) -> None:
         """The class weights p from this epoch's batch; in a data-parallel run each process attacks its

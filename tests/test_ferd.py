@@ -199,7 +199,7 @@ def test_released_variant_differs_where_the_code_differs():
     released = resolve_config(FERD, "cifar10", "paper", {"variant": "released"})
     diff = {k for k in default if default[k] != released[k]}
     assert diff == {"variant", "gamma", "reweight_strategy", "reinit_generator", "conditional", "warmup_epochs",
-                    "student_schedule", "gen_adv_loss", "latent_dim", "lr_z"}
+                    "student_schedule", "gen_adv_loss", "latent_dim", "lr_z", "gen_init"}
     assert released.utae_on == "student" and released.gamma == 0.0 and released.warmup_epochs == 20
     assert released.epochs == 220 and released.student_augment
     # the CPU presets add one warm-up epoch in front, so the student takes the same steps as the others

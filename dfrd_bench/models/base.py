@@ -20,7 +20,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..errors import InputError, first_line
 from ..hooks import layer_hooks, layer_module
 from ..registry import Registry
-from .stages import default_layer, find_stages
+from .stages import default_layer, find_stages, head_norm_layer
 
 
 class StagedNet(nn.Module):
@@ -29,6 +29,7 @@ class StagedNet(nn.Module):
 
     stage_names: Tuple[str, ...] = ()
     feature_layer: Optional[str] = None  # the last convolutional block
+    head_norm: Optional[str] = None      # the BatchNorm that starts the head, on feature_layer's output
 
     def run_stage(self, name: str, h: torch.Tensor) -> torch.Tensor:
         return getattr(self, name)(h)
@@ -78,6 +79,13 @@ class Classifier(nn.Module):
     def feature_layer(self) -> Optional[str]:
         """Layer l by default: the last convolutional block (None for an opaque network)."""
         return default_layer(self.net, self.stage_names)
+
+    @property
+    def head_norm_layer(self) -> Optional[str]:
+        """The BatchNorm that starts the head on the last block's output (WRN's `bn1`), or None."""
+        if isinstance(self.net, torch.jit.ScriptModule):
+            return None
+        return head_norm_layer(self.net)
 
     def _layer(self, layer: Optional[str]) -> str:
         layer = layer or self.feature_layer

@@ -87,6 +87,7 @@ class CifarResNet(StagedNet):
         self.head = _Head(in_planes, num_classes, final_bn=preact)
         self.stage_names = tuple(names + ["head"])
         self.feature_layer = names[-1]
+        self.head_norm = "head.bn" if preact else None
         _init_weights(self)
 
 

@@ -82,6 +82,15 @@ def default_layer(net: nn.Module, stages: Sequence[str]) -> Optional[str]:
     return own or (stages[-1] if stages else None)
 
 
+def head_norm_layer(net: nn.Module) -> Optional[str]:
+    """The BatchNorm that starts a StagedNet's head on its last block's output (`head_norm`: WRN's `bn1`,
+    a pre-activation ResNet's `head.bn`), where FERD's authors cut layer l (`pop=3`); None for a
+    post-activation head and for foreign networks (their in-place ReLU after that BN rewrites its
+    output, so it cannot be read or replaced by a hook)."""
+    own = getattr(net, "head_norm", None) if hasattr(net, "run_stage") else None
+    return own if own and _has(net, own) else None
+
+
 def stages_markdown() -> str:
     """The table of docs/models.md, generated from STAGE_PATTERNS (a test keeps the page in step)."""
     rows = ["| stage layers (module paths; `name.*`: its children in order) | layer l | networks |", "|---|---|---|"]

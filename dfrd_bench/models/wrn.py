@@ -48,6 +48,7 @@ class NetworkBlock(nn.Module):
 class WideResNet(StagedNet):
     stage_names = ("conv1", "block1", "block2", "block3", "head")
     feature_layer = "block3"
+    head_norm = "bn1"
 
     def __init__(self, depth: int, widen: int, num_classes: int, drop_rate: float = 0.0) -> None:
         super().__init__()
@@ -70,7 +71,7 @@ class WideResNet(StagedNet):
 
     def run_stage(self, name: str, h: torch.Tensor) -> torch.Tensor:
         if name == "head":
-            h = self.relu(self.bn1(h))
+            h = F.relu(self.bn1(h))  # not in place: bn1's output is layer l for FERD (head_norm)
             return self.fc(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1))
         return getattr(self, name)(h)
 
