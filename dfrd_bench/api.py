@@ -90,8 +90,9 @@ def load_results(folders: Folders) -> "pandas.DataFrame":  # noqa: F821
     """Every run result under `folders` as a pandas DataFrame with one row per run x attack x class.
 
     The runs are the ones the tables use (`report.collect.load_runs`: a re-run of the same seed
-    replaces the older result). Columns: the setup (dataset, teacher, teacher_sha256, preset,
-    defaults_version), the run (method, variant, settings: the method settings changed with --set, as
+    replaces the older result, and of a method whose defaults moved only the runs at its newest
+    `method_defaults_version` are kept). Columns: the setup (dataset, teacher, teacher_sha256, preset,
+    defaults_version: the core's), the run's method_defaults_version, the run (method, variant, settings: the method settings changed with --set, as
     text; student, seed, run_dir), the attack and its run-level metrics (n, avg, worst, worst10, nsd,
     target_entropy_norm), the class (class_index, class_name, class_n, accuracy in percent) and the
     run's cost (train_seconds, eval_seconds, threads, device), and the per-image outcomes where the
@@ -116,7 +117,8 @@ def load_results(folders: Folders) -> "pandas.DataFrame":  # noqa: F821
         prov = r.result.get("provenance") or {}
         settings = ", ".join(f"{k}={v}" for k, v in sorted(r.method_overrides.items()))
         base = {"dataset": setup.dataset, "teacher": setup.teacher, "teacher_sha256": setup.teacher_sha256,
-                "preset": setup.preset, "defaults_version": setup.defaults_version, "method": r.method,
+                "preset": setup.preset, "defaults_version": setup.defaults_version,
+                "method_defaults_version": r.defaults_version, "method": r.method,
                 "variant": r.variant, "settings": settings, "student": r.student, "seed": r.seed,
                 "run_dir": r.result.get("run_dir"), "train_seconds": wall.get("train"), "eval_seconds": wall.get("eval"),
                 "threads": prov.get("torch_threads"), "device": prov.get("device")}

@@ -35,7 +35,7 @@ from .acceleration import Accelerator, enable_cudnn_autotune
 from .attacks import AttackSettings
 from .checkpoints import save_model, sha256_file, weights_sha256
 from .augment import random_crop_flip
-from .config import STUDENT_SCHEDULES, run_defaults_version, Config, check_seed, resolve_config, student_steps
+from .config import DEFAULTS_VERSION, STUDENT_SCHEDULES, run_defaults_version, Config, check_seed, resolve_config, student_steps
 from .data import get_dataset_spec, load_split
 from .distributed import EvalShard, World, session
 from .epoch_log import epoch_line, open_tensorboard, require_tensorboard
@@ -85,6 +85,11 @@ def run_name_for(req: RunRequest, cfg: Config) -> str:
     shown = {k: v for k, v in sorted(req.overrides.items())}
     if shown:
         name += "-" + hashlib.sha1(json.dumps(shown, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    # a method whose defaults moved past the core's gets a new folder, so that a sweep neither skips
+    # the new reading as "finished" nor resumes an old run under it (Method.defaults_version)
+    version = run_defaults_version(get_method(req.method))
+    if version > DEFAULTS_VERSION:
+        name += f"-v{version}"
     return name
 
 
@@ -667,6 +672,7 @@ def _run_locked(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, d
             "config": json.loads(json.dumps(cfg.to_dict(), default=str)),
             "student_steps": student_steps(cfg),
             "defaults_version": run_defaults_version(method_cls),
+            "core_defaults_version": DEFAULTS_VERSION,
             "overrides": {k: v for k, v in req.overrides.items()},
             "history": history,
             "wall_seconds": {"train": round(train_seconds, 1), "eval": round(time.time() - t_eval, 1)},

@@ -227,7 +227,7 @@ def _docs_variant_table():
 
 def test_each_variant_resolves_to_the_settings_its_docs_table_lists():
     table = _docs_variant_table()
-    assert set(table) == {"default", "paper-literal", "released", "rslad-weights"}
+    assert set(table) == {"default", "paper-literal", "released", "rslad-weights", "ib-printed"}
     for variant, settings in table.items():
         cfg = resolve_config(FERD, "cifar10", "paper", {} if variant == "default" else {"variant": variant})
         for key, written in settings.items():
@@ -249,3 +249,133 @@ def test_paper_preset_has_the_papers_settings():
     assert (cfg.utae_on, cfg.utae_steps, cfg.utae_step, cfg.student_augment) == ("student", 10, pytest.approx(2 / 255), True)
     assert cfg.teacher == "robustbench:Chen2024Data_WRN_34_10" and cfg.student == "resnet18"
     assert resolve_config(FERD, "cifar100", "paper").batch_size == 512
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 29: the bottleneck as the authors' IFP.py runs it, and the printed reading as ib-printed
+# ------------------------------------------------------------------------------------------------
+def test_ib_penalty_mean_is_the_authors_half_mean_and_sum_is_eq5():
+    torch.manual_seed(0)
+    s2, v = torch.rand(4, 6) + 0.1, torch.rand(4, 6) + 0.1
+    terms = v / s2 + torch.log(s2 / v) - 1
+    assert ib_regularizer(s2, v, "mean").item() == pytest.approx(0.5 * terms.mean().item())   # IFP.kl_div
+    assert ib_regularizer(s2, v, "sum").item() == pytest.approx(terms.sum(1).mean().item())   # Eq. 5 per sample
+    # relative to the cross-entropy, the printed sum is 2 x C times the authors' penalty
+    assert ib_regularizer(s2, v, "sum").item() == pytest.approx(2 * 6 * ib_regularizer(s2, v, "mean").item())
+
+
+def _mask(overrides, z, seed=0, steps=3):
+    from dfrd_bench.models import build_model
+
+    torch.manual_seed(0)
+    teacher = build_model("resnet8", 10, 32).eval().requires_grad_(False)
+    ctx = method_context(FERD, teacher, build_model("resnet8", 10, 32), ib_steps=steps, **overrides)
+    method = FERD()
+    method.setup(ctx)
+    x = torch.rand(z.shape[0], 3, 32, 32)
+    y = torch.arange(z.shape[0]) % 10
+    torch.manual_seed(seed)
+    carried = None
+    if ctx.cfg.ib_noise == "per-channel":
+        scale = torch.zeros(z.shape[1], requires_grad=True)
+        carried = (scale, torch.optim.Adam([scale], lr=ctx.cfg.ib_lr))
+    return method._non_robust_mask(ctx, teacher, x, z, y, carried), carried
+
+
+def test_per_sample_bottleneck_masks_each_sample_and_starts_afresh_every_call():
+    from dfrd_bench.models import build_model
+
+    torch.manual_seed(1)
+    teacher = build_model("resnet8", 10, 32).eval()
+    z = teacher.features(torch.rand(6, 3, 32, 32)).detach()
+    mask, carried = _mask({}, z)
+    assert carried is None and mask.shape == (6, z.shape[1], 1, 1)  # one decision per sample and channel
+    again, _ = _mask({}, z)
+    assert torch.equal(mask, again)  # nothing carried over: the same features and noise give the same mask
+    printed, scale = _mask({"variant": "ib-printed"}, z)
+    assert printed.shape == (1, z.shape[1], 1, 1) and scale[0].abs().sum() > 0  # the per-channel scale moved
+
+
+def test_sample_threshold_is_the_largest_per_sample_spatial_variance():
+    from methods.ferd import sample_channel_var
+
+    z = torch.zeros(2, 3, 2, 2)
+    z[0, 1] = torch.tensor([[0.0, 2.0], [0.0, 2.0]])   # spatial variance 4/3 (unbiased): the largest
+    z[1, 2] = torch.tensor([[1.0, 1.0], [1.0, 0.0]])   # 0.25
+    v = sample_channel_var(z)
+    assert v[0, 1].item() == pytest.approx(4 / 3) and v[1, 2].item() == pytest.approx(0.25)
+    noise_var = torch.tensor([[1.0, 2.0, 0.1], [1.5, 1.0, 1.0]])
+    assert non_robust_channels(noise_var, v).tolist() == [[True, False, True], [False, True, True]]
+
+
+def test_layer_l_is_cut_after_the_final_bn_where_the_head_starts_with_one():
+    from dfrd_bench.models import build_model
+
+    for arch, after_norm, block in (("wrn-16-1", "bn1", "block3"), ("preactresnet18", "head.bn", "layer4"),
+                                    ("resnet20", "layer3", "layer3")):
+        teacher = build_model(arch, 10, 32).eval()
+        for reading, want in (("after-norm", after_norm), ("block", block)):
+            cfg = resolve_config(FERD, "cifar10", "smoke", {"ib_layer": reading})
+            assert FERD().feature_layer(cfg, teacher) == want, (arch, reading)
+        x = torch.rand(2, 3, 32, 32)
+        logits, h = teacher.forward_features(x, after_norm)
+        assert torch.allclose(teacher.forward_from(h, x, after_norm), logits)  # f_{l+} continues from there
+    cfg = resolve_config(FERD, "cifar10", "smoke", {"layer": "block2"})
+    assert FERD().feature_layer(cfg, build_model("wrn-16-1", 10, 32)) == "block2"  # an explicit layer wins
+
+
+def test_ib_printed_is_the_v2_reading_and_settings_are_checked_before_anything_runs():
+    cfg = resolve_config(FERD, "cifar10", "quick", {"variant": "ib-printed"})
+    assert (cfg.ib_noise, cfg.ib_penalty, cfg.ib_layer, cfg.ib_mask_variance) == ("per-channel", "sum", "block", "clean")
+    default = resolve_config(FERD, "cifar10", "quick")
+    assert (default.ib_noise, default.ib_penalty, default.ib_layer, default.ib_mask_variance) == \
+        ("per-sample", "mean", "after-norm", "sample")
+    from dfrd_bench.config import ConfigError
+
+    for key in ("ib_noise", "ib_penalty", "ib_layer", "ib_mask_variance", "gen_init", "utae_on"):
+        with pytest.raises(ConfigError, match=key):
+            resolve_config(FERD, "cifar10", "quick", {key: "nonsense"})
+
+
+def test_released_generator_gets_the_authors_reset_model_init():
+    released = method_context(FERD, variant="released")
+    method = FERD()
+    method.setup(released)
+    bn = [m for m in method.generator.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    w = torch.cat([m.weight.detach().flatten() for m in bn])
+    assert 0.005 < w.std().item() < 0.04 and abs(w.mean().item() - 1) < 0.01  # N(1, 0.02), not all ones
+    default = method_context(FERD)
+    method = FERD()
+    method.setup(default)
+    assert all(torch.equal(m.weight, torch.ones_like(m.weight))
+               for m in method.generator.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_runs_record_the_method_defaults_version_and_tables_keep_a_methods_newest():
+    from dfrd_bench.config import DEFAULTS_VERSION, run_defaults_version
+    from dfrd_bench.method import get_method
+    from dfrd_bench.report.collect import Run, newest_method_defaults
+
+    assert run_defaults_version(FERD) == 3 and run_defaults_version(get_method("cmi")) == DEFAULTS_VERSION
+
+    def result(method, version, seed):
+        return {"kind": "run", "method": method, "dataset": "cifar10", "preset": "standard", "seed": seed,
+                "teacher": {"spec": "t", "checkpoint_sha256": "a"}, "student": {"arch": "resnet8"},
+                "config": {"student_augment": True}, "defaults_version": version,
+                **({"core_defaults_version": 2} if version > 2 else {}), "attacks": {}}
+
+    runs = [Run(result("ferd", 2, 0)), Run(result("ferd", 3, 0)), Run(result("cmi", 2, 0))]
+    assert len({r.setup for r in runs}) == 1  # FERD v3 and CMI v2 share the setup (the core's v2)
+    kept, superseded = newest_method_defaults(runs)
+    assert [(r.method, r.defaults_version) for r in kept] == [("ferd", 3), ("cmi", 2)]
+    assert [(r.method, r.defaults_version) for r in superseded] == [("ferd", 2)]
+
+
+def test_deepinv_paper_budget_follows_the_policy_and_ferd_sec51_is_a_variant():
+    from dfrd_bench.method import get_method
+
+    deepinv = get_method("deepinv")
+    assert resolve_config(deepinv, "cifar10", "paper").gen_iters == 1000  # Fast-Datafree's deepinv_cifar.sh
+    assert resolve_config(deepinv, "cifar10", "paper", {"variant": "ferd-sec5.1"}).gen_iters == 200
+    assert resolve_config(deepinv, "cifar10", "standard").gen_iters == \
+        resolve_config(deepinv, "cifar10", "standard", {"variant": "ferd-sec5.1"}).gen_iters  # CPU presets unchanged

@@ -54,7 +54,15 @@ class Run:
     def setup(self) -> "Setup":
         t = self.result.get("teacher", {})
         return Setup(self.result["dataset"], teacher_label(t), t.get("checkpoint_sha256"),
-                     self.result.get("preset") or "custom", self.defaults_version)
+                     self.result.get("preset") or "custom", self.core_defaults_version)
+
+    @property
+    def core_defaults_version(self) -> int:
+        """The core's defaults version (runner, presets) the run was made with; runs share a setup by it.
+        Results from before the core and method versions were told apart: their one version."""
+        if "core_defaults_version" in self.result:
+            return int(self.result["core_defaults_version"])
+        return min(self.defaults_version, 2)
 
     @property
     def defaults_version(self) -> int:
@@ -152,7 +160,19 @@ def load_runs(folders: Folders) -> List[Run]:
         prev = latest.get(key)
         if prev is None or _created(r) >= _created(prev.result):
             latest[key] = run
-    return list(latest.values())
+    return newest_method_defaults(list(latest.values()))[0]
+
+
+def newest_method_defaults(runs: List[Run]) -> Tuple[List[Run], List[Run]]:
+    """(kept, superseded): of each method in each setup, only the runs made at its newest defaults
+    version are kept, so that no table puts two readings of one method side by side (a method's
+    defaults moved: `Method.defaults_version`; its older runs stay on disk, out of the tables)."""
+    newest: Dict[Tuple, int] = {}
+    for run in runs:
+        key = (run.setup, run.method)
+        newest[key] = max(newest.get(key, 0), run.defaults_version)
+    kept = [r for r in runs if r.defaults_version == newest[(r.setup, r.method)]]
+    return kept, [r for r in runs if r.defaults_version != newest[(r.setup, r.method)]]
 
 
 def group_key(run: Run) -> Tuple:

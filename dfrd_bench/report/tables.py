@@ -439,6 +439,8 @@ def _notes(table: BuiltTable, setup: Setup, runs: List[Run], paper: bool, ci: bo
     if runs:
         sha = f" (sha256 {setup.teacher_sha256[:12]}…)" if setup.teacher_sha256 else ""
         made = (f", defaults v{setup.defaults_version}" if setup.defaults_version > 1 else "")
+        moved = sorted({(r.method, r.defaults_version) for r in runs if r.defaults_version > setup.defaults_version})
+        made += "".join(f" ({method_label(m)} at its defaults v{v})" for m, v in moved)
         notes.append(f"Setup: {setup.dataset}, teacher `{setup.teacher}`{sha}, preset `{setup.preset}`{made}; "
                      f"{len(runs)} run{'s' if len(runs) != 1 else ''} in this setup.")
         for line in describe_sources(runs):
