@@ -32,7 +32,7 @@ paper trains its student for longer, that schedule is a named variant, not the d
 | FERD | 220 x 400 | paper Sec. 5.1 | the same (`variant=released`: 20 of the 220 epochs are warm-up) |
 | ZSKT | 8,800 pseudo-batches x 10 | 1 generator + 10 student steps per pseudo-batch | 80,000 pseudo-batches = 800,000 steps (`variant=authors`) |
 | CMI | 220 x 400 | 200 synthesis steps per epoch | the same |
-| DeepInv | 220 x 400 | 200 pixel steps per epoch (FERD Sec. 5.1) | NVlabs: 2,000 pixel steps per batch (`variant=nvlabs`) |
+| DeepInv | 220 x 400 | 1,000 pixel steps per epoch (Fast-Datafree's `scripts/deepinv_cifar.sh`, whose loss weights it copies); FERD Sec. 5.1's 200: `variant=ferd-sec5.1` | NVlabs: 2,000 pixel steps per batch (`variant=nvlabs`) |
 | Fast | 240 epochs, 20 of them warm-up: 220 x 400 | 10 meta-generator steps per epoch | 220 epochs including the 20 warm-up (200 x 400) |
 | DFHL | 220 x 400, weight decay 5e-4 | 10 generator steps per epoch | 300 x 500, weight decay 1e-4 (`variant=authors`) |
 

@@ -203,10 +203,10 @@ def test_rslad_switch_changes_the_student_loss():
 
 
 def test_presets():
-    # the default: Fast-Datafree's DeepInversion as the FERD paper ran it (200 pixel steps per epoch)
+    # the default: Fast-Datafree's DeepInversion with its own script's 1,000 pixel steps per epoch (issue 29)
     paper = resolve_config(DeepInversion, "cifar10", "paper")
     assert (paper.gen_iters, paper.di_lr, paper.di_beta1, paper.di_beta2, paper.r_feature, paper.jitter) == (
-        200, 0.1, 0.5, 0.99, 10.0, 4)
+        1000, 0.1, 0.5, 0.99, 10.0, 4)
     assert (paper.compete_scale, paper.compete_loss, paper.tv_l2, paper.l2_scale, paper.student_bn_weight) == (
         1.0, "fast-datafree", 0.0, 0.0, 0.001)
     assert paper.pixel_space == "clip" and paper.select == "last" and paper.student_augment
