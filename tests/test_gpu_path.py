@@ -555,3 +555,51 @@ def test_every_method_and_variant_resolves_at_the_gpu_preset():
         for variant in ["paper"] + [v for v in getattr(cls, "variants", {}) if v != "paper"]:
             cfg = resolve_config(cls, "cifar10", "gpu", {"variant": variant})
             assert cfg.epochs > getattr(cfg, "warmup_epochs", 0), (name, variant)
+
+
+# ------------------------------------------------------------------------------------------------
+# results/gpu/make.sh --slim / --unslim: the committed result files stay here during a GPU window
+# ------------------------------------------------------------------------------------------------
+def test_make_sh_slim_keeps_result_files_from_travelling_and_unslim_restores_them(tmp_path):
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    root = Path(__file__).resolve().parents[1]
+    repo = tmp_path / "repo"
+    (repo / "results" / "gpu").mkdir(parents=True)
+    (repo / "results" / "runs" / "r0").mkdir(parents=True)
+    shutil.copy(root / "results" / "gpu" / "make.sh", repo / "results" / "gpu" / "make.sh")
+    heavy = ["results/runs/r0/student.pt", "results/runs/r0/samples.png", "results/fig.pdf"]
+    for name in heavy + ["results/runs/r0/result.json"]:
+        (repo / name).write_bytes(b"x" * 100)
+
+    def git(*args, check=True):
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=check)
+
+    def make(option):
+        return subprocess.run(["bash", "results/gpu/make.sh", option], cwd=repo, capture_output=True, text=True)
+
+    git("init", "-q")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "root")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "results")
+    assert make("--slim").returncode == 0
+    travelling = set(git("ls-files", "--cached", "--others", "--exclude-standard").stdout.split())
+    assert travelling == {"results/gpu/make.sh", "results/runs/r0/result.json"}
+    assert all((repo / name).exists() for name in heavy)  # still on disk
+    assert make("--slim").returncode != 0  # twice is refused
+    # a commit that would delete the slimmed files is refused; one with paths goes through
+    (repo / "results" / "gpu" / "step.json").write_text("{}")
+    git("add", "results/gpu/step.json")
+    plain = git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "all", check=False)
+    assert plain.returncode != 0 and "slim" in plain.stderr
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "gpu", "--", "results/gpu/step.json")
+    assert set(git("show", "--name-only", "--format=", "HEAD").stdout.split()) == {"results/gpu/step.json"}
+    assert make("--unslim").returncode == 0
+    assert git("diff", "--cached", "--quiet", check=False).returncode == 0  # the index is HEAD's again
+    assert set(heavy) <= set(git("ls-files").stdout.split())
+    assert "dfrd-slim" not in (repo / ".git" / "info" / "exclude").read_text()
+    assert not (repo / ".git" / "hooks" / "pre-commit").exists()

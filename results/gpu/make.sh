@@ -30,13 +30,17 @@
 # fp16 teacher in parts of 15 MiB (the device tool brings back 8 files of at most 16 MiB).
 #
 # USAGE (docs/speed.md, "On a GPU")
-#   here, once:    bash results/gpu/make.sh --prepare   # .gpu/: the CIFAR-10 pack (19 MB), pyautoattack without its
+#   here, once:    bash results/gpu/make.sh --slim      # the committed students and figures (77 MB) stay here: out of
+#                                                        # the index, ignored locally, so they do not travel
+#                  bash results/gpu/make.sh --prepare   # .gpu/: the CIFAR-10 pack (19 MB), pyautoattack without its
 #                                                        # 45 MB example model, the commit; checks what would travel
 #   here:          bash results/gpu/make.sh --dry-run   # the steps not yet done and their estimated device minutes
 #   device tool:   run(command="bash results/gpu/make.sh", carry=[".gpu"], timeout_s=600)
 #                  each call starts the next unfinished steps while their estimates fit in BUDGET seconds (540 by
 #                  default: a call must end inside the tool's 10 minutes); repeat the call while the window lasts
 #   here, after each call:  bash results/gpu/make.sh --collect <files_at>   # then commit results/gpu and teachers/
+#                           with paths: git commit -m "..." -- results/gpu teachers   (a hook refuses anything else)
+#   here, after the window: bash results/gpu/make.sh --unslim
 # Finished steps are skipped: those committed under results/gpu/ (a later window) and those finished earlier on
 # the same warm machine (.gpu/results). An interrupted run resumes from its checkpoint on the same machine.
 # To redo a step, delete its folder. ONLY="doctor smoke" runs just those steps; a plumbing check on a CPU
@@ -107,6 +111,52 @@ if [ "${1:-}" = "--dry-run" ]; then
   exit 0
 fi
 
+# ---------------------------------------------------------------------------------------------- --slim / --unslim
+# The device tool sends the tracked and the untracked-but-not-ignored files, at most 64 MiB with what is
+# carried; the committed result files (students, sample grids, figures) alone exceed that. --slim takes
+# the tracked *.pt, *.png and *.pdf under results/ out of the index and ignores them locally
+# (.git/info/exclude), so they stay on disk but do not travel; --unslim puts them back in the index
+# exactly as HEAD has them. While slim, commit with paths (`git commit -m ... -- results/gpu teachers`):
+# a pre-commit hook refuses any commit that would delete a slimmed file.
+GITDIR=$(git rev-parse --git-dir 2>/dev/null || echo .git)
+SLIM_LIST=$GITDIR/dfrd-slim.list
+SLIM_BEGIN="# dfrd-slim: begin (results/gpu/make.sh --unslim removes this block)"
+SLIM_END="# dfrd-slim: end"
+if [ "${1:-}" = "--slim" ]; then
+  [ -f "$SLIM_LIST" ] && die "already slim ($SLIM_LIST): --unslim first"
+  git diff --cached --quiet || die "the index has staged changes: commit or unstage them before --slim"
+  git ls-files -z -- 'results/*.pt' 'results/*.png' 'results/*.pdf' > "$SLIM_LIST"  # fnmatch: * crosses /
+  [ -s "$SLIM_LIST" ] || { rm -f "$SLIM_LIST"; die "no tracked *.pt, *.png or *.pdf under results/: nothing to slim"; }
+  n=$(tr -cd '\0' < "$SLIM_LIST" | wc -c)
+  git rm -q --cached --pathspec-from-file="$SLIM_LIST" --pathspec-file-nul || die "git rm --cached failed"
+  { echo "$SLIM_BEGIN"; tr '\0' '\n' < "$SLIM_LIST" | sed 's,^,/,'; echo "$SLIM_END"; } >> "$GITDIR/info/exclude"
+  mkdir -p "$GITDIR/hooks"
+  cat > "$GITDIR/hooks/pre-commit" <<'HOOK'
+#!/usr/bin/env bash
+# installed by results/gpu/make.sh --slim: refuse a commit that would delete a slimmed result file
+list=$(git rev-parse --git-dir)/dfrd-slim.list
+[ -f "$list" ] || exit 0
+deleted=$(git diff --cached --name-only -z --diff-filter=D | tr '\0' '\n' | grep -Fxf <(tr '\0' '\n' < "$list") | head -3)
+if [ -n "$deleted" ]; then
+  echo "pre-commit: the checkout is slim (results/gpu/make.sh --slim) and this commit would delete committed results," >&2
+  echo "e.g. $(echo "$deleted" | head -1); commit with paths (git commit -m ... -- results/gpu teachers) or --unslim first" >&2
+  exit 1
+fi
+HOOK
+  chmod +x "$GITDIR/hooks/pre-commit"
+  echo "slim: $n result files out of the index and ignored here (still on disk); --unslim restores them"
+  exit 0
+fi
+if [ "${1:-}" = "--unslim" ]; then
+  [ -f "$SLIM_LIST" ] || die "not slim (no $SLIM_LIST)"
+  git reset -q --pathspec-from-file="$SLIM_LIST" --pathspec-file-nul -- || die "git reset failed"
+  awk -v b="$SLIM_BEGIN" -v e="$SLIM_END" '$0 == b {skip = 1} !skip {print} $0 == e {skip = 0}' \
+    "$GITDIR/info/exclude" > "$GITDIR/info/exclude.tmp" && mv "$GITDIR/info/exclude.tmp" "$GITDIR/info/exclude"
+  rm -f "$GITDIR/hooks/pre-commit" "$SLIM_LIST"
+  echo "unslim: the result files are back in the index as HEAD has them"
+  exit 0
+fi
+
 # ---------------------------------------------------------------------------------------------- --prepare
 if [ "${1:-}" = "--prepare" ]; then
   ASSETS=${DFRD_ASSETS:-$ROOT/../shared/assets}
@@ -132,7 +182,7 @@ if [ "${1:-}" = "--prepare" ]; then
     git ls-files -z --cached --others --exclude-standard | xargs -0 du -b 2>/dev/null \
       | awk '{n=split($2,p,"/"); d=p[1]; for (i=2; i<n && i<=3; i++) d=d"/"p[i]; s[d]+=$1} END {for (d in s) printf "%8.1f MiB  %s\n", s[d]/1048576, d}' \
       | sort -rn | head -8 >&2
-    die "the checkout and $G come to $((travel / 1048576)) MiB, over the device tool's $LIMIT_MIB MiB: the tool refuses the call. Take large result files (student.pt, figures) out of the tree first"
+    die "the checkout and $G come to $((travel / 1048576)) MiB, over the device tool's $LIMIT_MIB MiB: the tool refuses the call. Run bash results/gpu/make.sh --slim (and --unslim after the window)"
   fi
   echo "now: run(command=\"bash results/gpu/make.sh\", carry=[\".gpu\"], timeout_s=600)"
   exit 0
@@ -158,7 +208,7 @@ if [ "${1:-}" = "--collect" ]; then
   fi
   exit 0
 fi
-[ $# -eq 0 ] || die "unknown option $1 (use --prepare, --dry-run, --collect DIR, or none on the GPU machine)"
+[ $# -eq 0 ] || die "unknown option $1 (use --slim, --prepare, --dry-run, --collect DIR, --unslim, or none on the GPU machine)"
 
 # ---------------------------------------------------------------------------------------------- on the GPU
 START=$(date +%s)
