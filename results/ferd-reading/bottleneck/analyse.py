@@ -69,7 +69,7 @@ def main() -> None:
             t = compare([RunEval.from_entry(a[attack]) for a in entries["after"]],
                         [RunEval.from_entry(a[attack]) for a in entries["before"]], metric)
             tests[f"{attack}_{metric}"] = {"after_minus_before": t.diff, "ci95": [t.low, t.high], "p": t.p,
-                                           "paired_images": t.paired_images}
+                                           "paired_images": t.paired}
     for key in ("nonrobust_frac_mean", "p_mean_pearson"):
         a, b = [r[key] for r in runs["after"]], [r[key] for r in runs["before"]]
         w = stats.ttest_ind(a, b, equal_var=False)
