@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Optional, Union
 
+from .config import DEFAULT_EPS
 from .report.collect import Folders, load_runs
 
 # the settings of `run` that are not --set keys (RunRequest fields)
@@ -46,7 +47,7 @@ def load_model(spec: str, dataset: str = "cifar10", *, arch: Optional[str] = Non
 
 
 def evaluate(model: Union[str, Any], dataset: str = "cifar10", *, attacks: str = "clean,fgsm,pgd20,cw,aa",
-             eps: float = 8 / 255, limit: Optional[int] = None, aa_limit: Optional[int] = None, seed: int = 0,
+             eps: float = DEFAULT_EPS, limit: Optional[int] = None, aa_limit: Optional[int] = None, seed: int = 0,
              source: Optional[str] = None, data_root: Optional[str] = None, device: str = "auto",
              batch_size: int = 256, out: Optional[str] = None, **load: Any) -> Dict[str, Any]:
     """Evaluate a model per class, as `dfrd-bench eval`; returns the result (written to `out` when

@@ -4,17 +4,21 @@
 and CW-inf below are thin configurations of it, and the method plugins (RSLAD, UTAE, the
 reweighting PGD) reuse it with their own objectives. AutoAttack is the authors' code (`pyautoattack`).
 The attacked model is never put into train mode here and its parameters receive no gradients.
+
+The evaluator's attacks are declared once each (`AttackSpec`, `register_attack`; a plugin declares
+its own the same way: docs/running.md).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from .acceleration import to_device
+from .config import DEFAULT_EPS
 from .registry import Registry
 
 # objective(x_adv) -> per-sample values to MAXIMISE (shape [N])
@@ -121,11 +125,13 @@ def kl_objective(model: torch.nn.Module, target_probs: torch.Tensor, uniform_wei
 
 
 # ------------------------------------------------------------------------------------------------
-# The evaluator's attacks: name -> fn(model, x, y, settings) -> x_adv
+# The evaluator's attacks: name -> fn(model, x, y, settings, generator) -> x_adv, each declared once
+# with an AttackSpec (register_attack): ATTACKS, ATTACK_ORDER, ATTACK_LABELS, BATCH_DRAWS and the
+# blocks of AttackSettings.resolved() are derived from the declarations.
 # ------------------------------------------------------------------------------------------------
 @dataclass
 class AttackSettings:
-    eps: float = 8 / 255
+    eps: float = DEFAULT_EPS
     pgd_steps: int = 20
     pgd_step: Optional[float] = None   # default eps / 4
     cw_steps: int = 30
@@ -135,45 +141,115 @@ class AttackSettings:
     batch_size: int = 256
     attack_misclassified: bool = False  # False: points wrong on clean inputs count as errors, unattacked
     channels_last: bool = True          # evaluate with channels-last weights (faster on CPU and GPU)
-    extra: Dict[str, object] = field(default_factory=dict)
+    extra: Dict[str, object] = field(default_factory=dict)  # a plugin attack's own parameters
 
     def resolved(self) -> Dict[str, object]:
-        return {
-            "eps": self.eps,
-            "robust_requires_clean_correct": not self.attack_misclassified,
-            "fgsm": {"step": self.eps, "random_start": False},
-            "pgd20": {"steps": self.pgd_steps, "step": self.pgd_step or self.eps / 4, "random_start": True, "loss": "ce"},
-            "cw": {"steps": self.cw_steps, "step": self.cw_step or self.eps / 4, "random_start": True, "loss": "cw-margin"},
-            "aa": {"version": self.aa_version, "norm": "Linf", "implementation": "pyautoattack"},
-        }
+        """The settings a result records: eps, the robust-accuracy convention, and the block of every
+        declared attack that has one (AttackSpec.settings), in declaration order."""
+        out: Dict[str, object] = {"eps": self.eps, "robust_requires_clean_correct": not self.attack_misclassified}
+        for spec in ATTACK_SPECS.values():
+            if spec.settings is not None:
+                out[spec.name] = spec.settings(self)
+        return out
 
 
 AttackFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, AttackSettings, Optional[torch.Generator]], torch.Tensor]
+# draws(shape, settings, generator): draw (and drop) what the attack draws from its generator for a batch of `shape`
+BatchDraws = Callable[[Tuple[int, ...], AttackSettings, Optional[torch.Generator]], None]
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One evaluation attack, declared once (register_attack): everything the evaluator, the results
+    and the tables need to know about it."""
+
+    name: str                  # --attacks NAME, the key of its numbers in results
+    fn: AttackFn               # fn(model, x, y, settings, generator) -> x_adv (in the eps ball and [0, 1])
+    label: str                 # its name in tables and figures (ATTACK_LABELS)
+    order: float               # its place in ATTACK_ORDER ('all', table columns); equal orders keep declaration order
+    help: str = ""             # `dfrd-bench list attacks`
+    # what fn draws from its generator per batch, so a data-parallel evaluation can skip another
+    # process's batch and keep the stream (BATCH_DRAWS); None: every process runs the attack whole
+    draws: Optional[BatchDraws] = None
+    # its block in AttackSettings.resolved() (recorded in results and checked on resume); None: none
+    settings: Optional[Callable[[AttackSettings], Dict[str, object]]] = None
+    perturbs: bool = True      # False (clean): checked against a budget of 0, and points wrong on clean inputs are not set aside
+    own_batch_size: bool = False  # True (AutoAttack): batches of AttackSettings.batch_size, not the evaluator's
+
+
 ATTACKS: Registry[AttackFn] = Registry("attack")
-ATTACK_ORDER = ("clean", "fgsm", "pgd20", "cw", "aa")
+ATTACK_SPECS: Dict[str, AttackSpec] = {}    # name -> declaration, in declaration order
+# Derived from the declarations at every register_attack (kept importable with their first values):
+ATTACK_ORDER: Tuple[str, ...] = ()          # rebound: read attack_order() (or attacks.ATTACK_ORDER) for plugins' too
+ATTACK_LABELS: Dict[str, str] = {}          # name -> label in ATTACK_ORDER's order (updated in place)
+BATCH_DRAWS: Dict[str, BatchDraws] = {}     # name -> draws, for the attacks that declare them (updated in place)
 
 
-@ATTACKS.register("clean", help="no attack")
+def register_attack(spec: AttackSpec) -> AttackSpec:
+    """Declare an evaluation attack (a plugin does it at import time); a name already taken is refused."""
+    if not isinstance(spec, AttackSpec):
+        raise TypeError(f"register_attack takes an AttackSpec, got {type(spec).__name__}")
+    ATTACKS.add(spec.name, spec.fn, help=spec.help)  # refuses a duplicate before anything else changes
+    ATTACK_SPECS[spec.name] = spec
+    _derive()
+    return spec
+
+
+def unregister_attack(name: str) -> None:
+    """Remove a declared attack (a test's, an unloaded plugin's)."""
+    ATTACKS.get(name)  # an unknown name fails with the known ones
+    ATTACK_SPECS.pop(name, None)
+    ATTACKS._items.pop(name, None)
+    ATTACKS._help.pop(name, None)
+    _derive()
+
+
+def _derive() -> None:
+    global ATTACK_ORDER
+    specs = sorted(ATTACK_SPECS.values(), key=lambda s: s.order)  # stable: equal orders keep declaration order
+    ATTACK_ORDER = tuple(s.name for s in specs)
+    ATTACK_LABELS.clear()
+    ATTACK_LABELS.update((s.name, s.label) for s in specs)
+    BATCH_DRAWS.clear()
+    BATCH_DRAWS.update((s.name, s.draws) for s in specs if s.draws is not None)
+
+
+def attack_order() -> Tuple[str, ...]:
+    """The declared attacks in canonical order (what 'all' means; plugins' included)."""
+    return ATTACK_ORDER
+
+
+def attack_spec(name: str) -> Optional[AttackSpec]:
+    """The declaration of `name`; None for an attack registered in ATTACKS alone (no declaration)."""
+    return ATTACK_SPECS.get(name)
+
+
+def skip_random_start(shape, s: AttackSettings, gen: Optional[torch.Generator]) -> None:
+    """Draw (and drop) what `random_start` draws for a batch of `shape` (PGD-20, CW-inf)."""
+    if gen is not None and s.eps > 0:
+        torch.rand(shape, generator=gen, device="cpu")
+
+
+def draws_nothing(shape, s: AttackSettings, gen: Optional[torch.Generator]) -> None:
+    """An attack that draws nothing from its generator (clean, FGSM, AutoAttack, which seeds itself)."""
+
+
 def _clean(model, x, y, s: AttackSettings, gen=None):
     return x
 
 
-@ATTACKS.register("fgsm", help="FGSM: one sign step of size eps on CE, no random start")
 def fgsm(model, x, y, s: AttackSettings, gen=None):
     return sign_ascent(ce_objective(model, y), x, s.eps, s.eps, 1, rand_init=False)
 
 
-@ATTACKS.register("pgd20", help="PGD-20 on CE, step eps/4, uniform random start")
 def pgd20(model, x, y, s: AttackSettings, gen=None):
     return sign_ascent(ce_objective(model, y), x, s.eps, s.pgd_step or s.eps / 4, s.pgd_steps, generator=gen)
 
 
-@ATTACKS.register("cw", help="CW-inf: PGD on the CW margin loss, 30 steps of eps/4, random start")
 def cw_inf(model, x, y, s: AttackSettings, gen=None):
     return sign_ascent(cw_objective(model, y), x, s.eps, s.cw_step or s.eps / 4, s.cw_steps, generator=gen)
 
 
-@ATTACKS.register("aa", help="AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square) from pyautoattack")
 def autoattack(model, x, y, s: AttackSettings, gen=None):
     import logging
 
@@ -190,24 +266,28 @@ def autoattack(model, x, y, s: AttackSettings, gen=None):
     return x_adv
 
 
-def _skip_random_start(shape, s: AttackSettings, gen: Optional[torch.Generator]) -> None:
-    """Draw (and drop) what `random_start` draws for a batch of `shape`."""
-    if gen is not None and s.eps > 0:
-        torch.rand(shape, generator=gen, device="cpu")
-
-
-def _draws_nothing(shape, s: AttackSettings, gen: Optional[torch.Generator]) -> None:
-    pass
-
-
-# What each evaluator attack draws from its generator per batch, so that a data-parallel evaluation
-# can skip another process's batch and keep the stream where the single-process evaluation has it
-# (dfrd_bench.distributed.EvalShard). AutoAttack seeds itself at every call. An attack missing here
-# is not dealt out: every process runs it whole.
-BATCH_DRAWS: Dict[str, Callable[..., None]] = {
-    "clean": _draws_nothing, "fgsm": _draws_nothing, "pgd20": _skip_random_start, "cw": _skip_random_start,
-    "aa": _draws_nothing,
-}
+# The built-in attacks. `draws` is what each draws from its generator per batch, so that a
+# data-parallel evaluation can skip another process's batch and keep the stream where the
+# single-process evaluation has it (dfrd_bench.distributed.EvalShard); AutoAttack seeds itself at
+# every call. Their `settings` blocks are the ones every result has recorded.
+register_attack(AttackSpec("clean", _clean, label="Clean", order=0, help="no attack", draws=draws_nothing,
+                           perturbs=False))
+register_attack(AttackSpec("fgsm", fgsm, label="FGSM", order=10,
+                           help="FGSM: one sign step of size eps on CE, no random start", draws=draws_nothing,
+                           settings=lambda s: {"step": s.eps, "random_start": False}))
+register_attack(AttackSpec("pgd20", pgd20, label="PGD-20", order=20,
+                           help="PGD-20 on CE, step eps/4, uniform random start", draws=skip_random_start,
+                           settings=lambda s: {"steps": s.pgd_steps, "step": s.pgd_step or s.eps / 4,
+                                               "random_start": True, "loss": "ce"}))
+register_attack(AttackSpec("cw", cw_inf, label="CW-inf", order=30,
+                           help="CW-inf: PGD on the CW margin loss, 30 steps of eps/4, random start",
+                           draws=skip_random_start,
+                           settings=lambda s: {"steps": s.cw_steps, "step": s.cw_step or s.eps / 4,
+                                               "random_start": True, "loss": "cw-margin"}))
+register_attack(AttackSpec("aa", autoattack, label="AA", order=40,
+                           help="AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square) from pyautoattack",
+                           draws=draws_nothing, own_batch_size=True,
+                           settings=lambda s: {"version": s.aa_version, "norm": "Linf", "implementation": "pyautoattack"}))
 
 
 class _quiet_stdout:

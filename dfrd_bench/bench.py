@@ -39,6 +39,7 @@ from .errors import DfrdError
 from .evaluator import evaluate, parse_attacks
 from .method import MethodContext, check_teacher, get_method
 from .modes import frozen, model_mode
+from .optim import create_optimizer
 from .runner import make_context, student_batch, student_step
 from .utils import atomic_write_json, pick_device, seed_everything
 
@@ -235,8 +236,7 @@ def bench(req: BenchRequest, log: Callable[[str], None] = print) -> Dict[str, An
                                      "per": "generation stage"}
     log(f"  generation: {per_iter:.3f} s per iteration, {stages['generation overhead']['seconds']:.3f} s per stage besides")
 
-    opt = torch.optim.SGD(ctx.student.parameters(), lr=cfg.student_lr, momentum=cfg.student_momentum,
-                          weight_decay=cfg.student_weight_decay)
+    opt = create_optimizer(cfg.student_optimizer, ctx.student.parameters(), cfg)  # the run's (dfrd_bench/optim.py)
     ctx.student.train()
     times = _timings(lambda: student_step(method, ctx, opt, student_batch(ctx.pool, cfg, rng)),
                             req.repeats, req.warmup, sync)

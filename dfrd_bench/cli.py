@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import click
 
-from .config import PRESET_NAMES
+from .config import DEFAULT_EPS_TEXT
 
 
 def friendly(fn: Callable) -> Callable:
@@ -60,6 +60,36 @@ def _eps(ctx, param, value):
         raise click.BadParameter(str(exc)) from None
 
 
+class PresetName(click.ParamType):
+    """--preset: a registered preset (config.register_preset), checked when the option is parsed,
+    after the plugins are loaded (installed ones and --plugin modules), so plugin presets are accepted."""
+
+    name = "preset"
+
+    def get_metavar(self, param: click.Parameter, ctx: Optional[click.Context] = None) -> str:
+        return "PRESET"
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Any:
+        if value is None:
+            return None
+        from .config import preset_names
+        from .errors import DfrdError
+        from .method import load_plugins
+
+        try:
+            load_plugins()  # a plugin registers its presets when it is imported
+        except DfrdError as exc:  # a broken built-in package: one line, as for any other error
+            self.fail(str(exc), param, ctx)
+        names = preset_names()
+        if value not in names:
+            self.fail(f"unknown preset {value!r}; registered presets: {', '.join(names)} (`dfrd-bench list presets`)",
+                      param, ctx)
+        return value
+
+
+PRESET = PresetName()
+
+
 data_options = [
     click.option("--dataset", required=True, help="cifar10, cifar100 or tinyimagenet"),
     click.option("--source", default=None, help="official folder, image folder or .zip of one, or .npz (x uint8 NHWC, y)"),
@@ -106,7 +136,8 @@ def _settings_text(vals: Dict[str, Any]) -> str:
 
 
 def _methods_table(names) -> str:
-    """Each method in table order with what tables and figures read from its MethodInfo."""
+    """Each method in table order with what tables and figures read from its MethodInfo, and its
+    variants (`paper`, the default, first) where it declares any."""
     from tabulate import tabulate
 
     from .method import METHODS
@@ -115,8 +146,9 @@ def _methods_table(names) -> str:
     for n in names:
         cls = METHODS.get(n)
         role = "proposed" if cls.info.proposed else "baseline"
+        variants = ", ".join(["paper"] + sorted(cls.variants)) if cls.variants else ""
         rows.append([n, cls.info.label, cls.info.family, "yes" if cls.info.rslad_stage else "", role, cls.summary,
-                     ", ".join(["paper"] + sorted(cls.variants))])
+                     variants])
     return tabulate(rows, headers=["method", "label", "family", "RSLAD stage", "role", "summary", "variants"])
 
 
@@ -129,9 +161,10 @@ def _presets_table(names, with_runner: bool) -> str:
 
     rows = []
     if with_runner:
-        rows += [[p + (f" (on {PRESET_PARENTS[p]})" if p in PRESET_PARENTS else ""), "runner", ds,
-                  ", ".join(f"{k}={v}" for k, v in vals.items())]
-                 for p, per in RUNNER_PRESETS.items() for ds, vals in per.items() if vals]
+        for p, per in RUNNER_PRESETS.items():  # every registered preset; one without runner settings too
+            layers = [(ds, vals) for ds, vals in per.items() if vals] or [("*", {})]
+            rows += [[p + (f" (on {PRESET_PARENTS[p]})" if p in PRESET_PARENTS else ""), "runner", ds,
+                      ", ".join(f"{k}={v}" for k, v in vals.items()) or "(none)"] for ds, vals in layers]
     rows += [[p, n, ds, _settings_text(vals)]
              for n in names for p, per in METHODS.get(n).presets.items() for ds, vals in per.items() if vals]
     text = tabulate(rows, headers=["preset", "layer", "dataset", "settings (on top of the defaults)"])
@@ -242,7 +275,7 @@ def run_evaluation(*args: Any, progress_path: Optional[str] = None, **kwargs: An
 
 eval_options = [
     click.option("--limit", type=int, default=None, help="evaluate a class-stratified seeded subset of N test images"),
-    click.option("--eps", default="8/255", callback=_eps, help="L-inf budget, e.g. 8/255 or 0.0078"),
+    click.option("--eps", default=DEFAULT_EPS_TEXT, callback=_eps, help="L-inf budget, e.g. 8/255 or 0.0078"),
     click.option("--attacks", default="clean,fgsm,pgd20,cw,aa", show_default=True, help="comma list or 'all'"),
     click.option("--aa-limit", type=int, default=None, help="run AutoAttack on a stratified subset of N images only"),
     click.option("--pgd-steps", type=int, default=20, show_default=True),
@@ -294,8 +327,12 @@ def eval_cmd(model_spec, arch, layout, normalize, model_dir, dataset, source, da
                                  "memory)", param_hint="--batch-size")
     if not 0 <= seed <= MAX_SEED:
         raise click.BadParameter(f"must be a whole number in [0, {MAX_SEED}], got {seed}", param_hint="--seed")
-    if not 0 < eps <= 1:
-        raise click.BadParameter(f"must be in (0, 1], got {eps:g} (images are in [0, 1]: write 8/255)", param_hint="--eps")
+    from .config import ConfigError, check_eps
+
+    try:
+        check_eps(eps, "--eps")  # the range of every budget (config.EPS_RANGE)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
     for path in (out, resume_file):
         if path:
             check_writable(path)  # before the evaluation, so that a read-only --out loses no work
@@ -354,7 +391,8 @@ def outcomes_cmd(results, attacks, data_root, device) -> None:
 @click.option("--teacher-layout", default=None, help="key layout of a foreign teacher checkpoint (as eval's --layout)")
 @click.option("--teacher-normalize", default=None, help="the teacher's input normalisation (as eval's --normalize)")
 @click.option("--student", default=None, help="student architecture (default: the preset's)")
-@click.option("--preset", type=click.Choice(PRESET_NAMES), default="quick", show_default=True)
+@click.option("--preset", type=PRESET, default="quick", show_default=True,
+              help="a registered preset (`list presets`: paper, gpu, standard, quick, smoke and plugins')")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="override any setting (repeatable)")
 @click.option("--attacks", default=None, help="attacks for the final evaluation (default: the preset's)")
@@ -437,7 +475,7 @@ def reproduce_cmd(result_file, out, device, attacks, source, data_root, model_di
 @main.command("bench")
 @click.option("--method", required=True, help="a registered method (see `list methods`)")
 @click.option("--dataset", default="cifar10", show_default=True)
-@click.option("--preset", type=click.Choice(PRESET_NAMES), default="paper", show_default=True,
+@click.option("--preset", type=PRESET, default="paper", show_default=True,
               help="whose per-iteration settings (attack steps, bottleneck steps, ...) are timed")
 @click.option("--teacher", default="random:wrn-16-2", show_default=True,
               help="teacher spec; random:<arch> times an untrained model of that architecture")
@@ -488,7 +526,8 @@ def _fractions(text: str, what: str) -> Tuple[float, float]:
 @main.command("estimate")
 @click.option("--method", required=True, help="a registered method (see `list methods`)")
 @click.option("--dataset", default="cifar10", show_default=True)
-@click.option("--preset", type=click.Choice(PRESET_NAMES), default="paper", show_default=True)
+@click.option("--preset", type=PRESET, default="paper", show_default=True,
+              help="a registered preset (`list presets`)")
 @click.option("--teacher", default=None, help="teacher spec (default: the preset's; random:<arch> for any architecture)")
 @click.option("--student", default=None, help="student architecture (default: the preset's)")
 @click.option("--device", "devices", default="h100", show_default=True,
@@ -551,7 +590,7 @@ def _comma(text: Optional[str]):
 @click.option("--seed", "seeds", default=None, help="comma list of seeds (default 0)")
 @click.option("--grid", "grids", multiple=True, metavar="KEY=V1,V2", help="a setting swept over values (repeatable)")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="a setting for every run (repeatable)")
-@click.option("--preset", type=click.Choice(PRESET_NAMES), default=None, help="default: quick")
+@click.option("--preset", type=PRESET, default=None, help="a registered preset (`list presets`); default: quick")
 @click.option("--teacher", default=None)
 @click.option("--source", default=None)
 @click.option("--data-root", default=None, help="data root for every run (default: each run's $DFRD_DATA)")
@@ -630,17 +669,17 @@ def table_cmd(which, attacks, fmt, results, paper, ci, out, into, strict) -> Non
     stderr); with --strict the command then exits with status 1."""
     from .evaluator import parse_attacks
     from .report.collect import unreadable_results
-    from .report.tables import EXTRA_TABLES, TABLE_NUMBERS, build_tables, render, run_list
+    from .report.tables import build_tables, known_tables, render, run_list, table_numbers
     from .utils import atomic_write_bytes, replace_between_markers
 
     for folder in results:
         if not Path(folder).is_dir():
             raise click.ClickException(f"--results {folder} is not a folder")
-    numbers = list(TABLE_NUMBERS) if which == "all" else [t.strip() for t in which.split(",") if t.strip()]
+    numbers = list(table_numbers()) if which == "all" else [t.strip() for t in which.split(",") if t.strip()]
     for n in numbers:
-        if n not in TABLE_NUMBERS and n not in EXTRA_TABLES:
-            raise click.ClickException(f"unknown table {n!r}: choose from {', '.join(TABLE_NUMBERS)}, all, "
-                                       f"{' or '.join(EXTRA_TABLES)}")
+        if n not in known_tables():
+            raise click.ClickException(f"unknown table {n!r}: choose from {', '.join(known_tables())} or all "
+                                       f"(plugins add their own: docs/reporting.md)")
     wanted = parse_attacks(attacks)
     parts, empty = [], []
     for n in numbers:
@@ -684,19 +723,20 @@ def table_cmd(which, attacks, fmt, results, paper, ci, out, into, strict) -> Non
 
 # ---------------------------------------------------------------------------------------------- plot
 @main.command("plot")
-@click.option("--figure", "which", default="all", show_default=True, help="1, 2, 4, 5, 6, 8, 9, a comma list, or all")
+@click.option("--figure", "which", default="all", show_default=True,
+              help="a figure (1, 2, 6, 8, 9 and those plugins add; docs/reporting.md), a comma list, or all")
 @click.option("--results", multiple=True, default=["results"], show_default=True,
               help="folder searched for result JSONs (repeatable)")
 @click.option("--out", default="results/figures", show_default=True, help="folder for the PNG and PDF files")
-@click.option("--method", default="ferd", show_default=True, help="whose confusion matrices Fig. 2 shows")
+@click.option("--method", default=None, help="whose confusion matrices Fig. 2 shows (default: the proposed method)")
 @friendly
 def plot_cmd(which, results, out, method) -> None:
     """The paper's figures from the result JSONs under --results, as PNG and PDF."""
     from .report.collect import unreadable_results
-    from .report.plots import FIGURES, plot
+    from .report.plots import figure_names, plot
     from .store import check_writable
 
-    figures = list(FIGURES) if which == "all" else [f.strip() for f in which.split(",") if f.strip()]
+    figures = figure_names() if which == "all" else [f.strip() for f in which.split(",") if f.strip()]
     check_writable(Path(out) / "figure.png")  # a read-only --out: one line before any figure is drawn
     for path, reason in unreadable_results(list(results)):  # listed, not silently left out of the figures
         click.echo(f"warning: could not read {path}: {reason}", err=True)
@@ -720,7 +760,7 @@ def teacher_group() -> None:
 @click.option("--lr", type=float, default=0.2, show_default=True, help="peak learning rate")
 @click.option("--schedule", type=click.Choice(["onecycle", "cosine", "piecewise"]), default="onecycle", show_default=True)
 @click.option("--weight-decay", type=float, default=5e-4, show_default=True)
-@click.option("--eps", default="8/255", callback=_eps, show_default=True)
+@click.option("--eps", default=DEFAULT_EPS_TEXT, callback=_eps, show_default=True)
 @click.option("--step", default=None, callback=_eps, help="attack step (default 2/255; 1.25 eps for fgsm-rs; eps for n-fgsm)")
 @click.option("--attack-steps", type=int, default=10, show_default=True, help="inner steps for pgd/trades")
 @click.option("--trades-beta", type=float, default=6.0, show_default=True)
@@ -817,7 +857,7 @@ def teacher_bundle(checkpoint, name, eval_json, train_command, dest, max_mb) -> 
               "(default: all)")
 @click.option("--aa-limit", type=int, default=1000, show_default=True,
               help="AutoAttack on a stratified subset of N test images")
-@click.option("--eps", default="8/255", callback=_eps, help="L-inf budget")
+@click.option("--eps", default=DEFAULT_EPS_TEXT, callback=_eps, help="L-inf budget")
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)

@@ -6,6 +6,7 @@ Resolution order (later wins):
   -> Method.variants[variant] (when --set variant=NAME; a variant may also hold per-preset layers:
      {'*': {...}, 'quick': {...}}) -> --set key=value.
 A preset with a parent (PRESET_PARENTS: standard -> quick) applies the parent's preset layers first.
+Presets are registered (`register_preset`, which plugins call too); `preset_names()` lists them.
 The result is one flat, frozen, JSON-serialisable mapping stored in every result.
 """
 from __future__ import annotations
@@ -14,18 +15,28 @@ import difflib
 import math
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
 from .errors import DfrdError
 from .utils import parse_fraction
 
-PRESET_NAMES = ("paper", "gpu", "standard", "quick", "smoke")
+# The presets are a registry (`register_preset` below; the five built-ins are registered through it,
+# a plugin registers its own at import time). These are its live views, kept by register_preset:
+# RUNNER_PRESETS[name] = the preset's runner layers ({'*' or dataset: settings}), PRESET_PARENTS[name] =
+# the preset it builds on, PRESET_NAMES = the names in registration order (a tuple rebound at every
+# registration: read `config.PRESET_NAMES` or call preset_names(), do not import the name).
 # A preset may build on another: its layers go on top of the parent's (runner, method and variant
 # layers alike), so `standard` is `quick` with the budget raised and nothing else to keep in step.
-PRESET_PARENTS: Dict[str, str] = {"standard": "quick"}
-STUDENT_SCHEDULES = ("cosine", "cosine-through-warmup", "constant")
+PRESET_NAMES: Tuple[str, ...] = ()
+PRESET_PARENTS: Dict[str, str] = {}
+RUNNER_PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {}
+PRESET_HELP: Dict[str, str] = {}
+# The L-inf budget every attack uses unless set (runs, eval, teacher training, the Python API), as a
+# number and as the command line writes it; its range (EPS_RANGE) is below with the other ranges.
+DEFAULT_EPS = 8 / 255
+DEFAULT_EPS_TEXT = "8/255"
 COMPILE_MODES = ("auto", "on", "off")
 PRECISIONS = ("auto", "fp32", "bf16")
 # Bumped whenever a default that results depend on changes (a method's reading, an augmentation, a
@@ -54,12 +65,16 @@ RUNNER_DEFAULTS: Dict[str, Any] = {
     "student_iters": 400,      # student iterations per epoch
     "batch_size": 256,         # student batch size, sampled from the pool
     "synthesis_batch_size": 256,
+    # the student's optimiser by name (dfrd_bench/optim.py: register_optimizer); sgd = SGD with
+    # student_lr, student_momentum and student_weight_decay (no Nesterov), what every earlier run used
+    "student_optimizer": "sgd",
     "student_lr": 0.1,
     "student_momentum": 0.9,
     "student_weight_decay": 5e-4,
     # cosine: annealed over the epochs that train the student (after the warm-up); cosine-through-warmup:
     # annealed over all epochs, warm-up included (FERD's and Fast's released code step their scheduler
-    # through the warm-up, so the student starts below student_lr); constant
+    # through the warm-up, so the student starts below student_lr); constant; or a plugin's
+    # (dfrd_bench/optim.py: register_schedule)
     "student_schedule": "cosine",
     "warmup_epochs": 0,        # epochs in which only the synthesis stage runs
     # random crop (zero padding 4) + horizontal flip of every pool batch before the method's student
@@ -68,7 +83,7 @@ RUNNER_DEFAULTS: Dict[str, Any] = {
     "student_augment": False,
     "pool_max": None,          # None = keep every synthetic sample (the reference code bases do)
     "pool_sampling": "uniform",  # uniform over the pool | latest (the batch just generated, ZSKT)
-    "eps": 8 / 255,
+    "eps": DEFAULT_EPS,
     "attacks": "clean,fgsm,pgd20,cw,aa",
     "channels_last": True,     # channels-last conv weights for teacher and student (faster; same maths)
     # torch.compile the frozen-model attack passes: auto = on for runs of >= 4,000 student steps
@@ -85,8 +100,54 @@ RUNNER_DEFAULTS: Dict[str, Any] = {
     "log_every_epochs": 1,     # print and keep a history record every N epochs (ZSKT runs 80,000)
 }
 
-RUNNER_PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
-    "paper": {
+
+class ConfigError(DfrdError, ValueError):
+    pass
+
+
+def register_preset(name: str, layers: Optional[Mapping[str, Mapping[str, Any]]] = None, parent: Optional[str] = None,
+                    help: str = "") -> None:
+    """Register the preset `name` (`--preset NAME`): `layers` = {'*' or a dataset: runner settings} go on
+    top of the runner defaults (and on top of `parent`'s layers when it builds on another preset). A
+    method gives its own layers for the preset in `Method.presets[name]`, as for the built-ins. A plugin
+    calls this at import time; a name already registered is refused."""
+    global PRESET_NAMES
+    if not isinstance(name, str) or not name.strip() or name == "*" or "/" in name or name != name.strip():
+        raise ConfigError(f"a preset name is a word without '/' or spaces around it, got {name!r}")
+    if name in RUNNER_PRESETS:
+        raise ConfigError(f"preset {name!r} is already registered: register yours under another name")
+    if parent is not None and (not isinstance(parent, str) or parent == name):
+        raise ConfigError(f"preset {name!r}: parent must be another preset's name, got {parent!r}")
+    layers = {} if layers is None else layers
+    if not isinstance(layers, Mapping) or not all(isinstance(k, str) and isinstance(v, Mapping) for k, v in layers.items()):
+        raise ConfigError(f"preset {name!r}: layers are {{'*' or a dataset: {{setting: value}}}}, got {layers!r}")
+    RUNNER_PRESETS[name] = {where: dict(values) for where, values in layers.items()}
+    if parent is not None:
+        PRESET_PARENTS[name] = parent
+    PRESET_HELP[name] = help
+    PRESET_NAMES = tuple(RUNNER_PRESETS)
+
+
+def unregister_preset(name: str) -> None:
+    """Remove a registered preset (a test's or an unloaded plugin's); one another preset builds on stays."""
+    global PRESET_NAMES
+    if name not in RUNNER_PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; registered: {', '.join(preset_names())}")
+    children = sorted(child for child, parent in PRESET_PARENTS.items() if parent == name)
+    if children:
+        raise ConfigError(f"preset {name!r} cannot be removed: {', '.join(children)} build(s) on it")
+    del RUNNER_PRESETS[name]
+    PRESET_PARENTS.pop(name, None)
+    PRESET_HELP.pop(name, None)
+    PRESET_NAMES = tuple(RUNNER_PRESETS)
+
+
+def preset_names() -> List[str]:
+    """The registered presets, in registration order (the built-ins: paper, gpu, standard, quick, smoke)."""
+    return list(RUNNER_PRESETS)
+
+
+register_preset("paper", {
         "*": {},
         "cifar10": {"teacher": "robustbench:Chen2024Data_WRN_34_10", "student": "resnet18",
                     "batch_size": 256, "synthesis_batch_size": 256},
@@ -94,42 +155,38 @@ RUNNER_PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
                      "batch_size": 512, "synthesis_batch_size": 512},
         # The paper's Tiny-ImageNet teacher (PreActResNet-34, TRADES) is not public: pass --teacher.
         "tinyimagenet": {"student": "preactresnet18", "batch_size": 512, "synthesis_batch_size": 512},
-    },
-    # One GPU run in about 5 minutes (issue 28; sized with `dfrd-bench estimate --preset gpu`, docs/speed.md):
-    # the paper's per-step settings (attack steps, batch 256, ResNet-18 student) with 20 epochs x (20
-    # generator + 100 student iterations) = 2,000 student steps (2.3 % of paper's 88,000), a
-    # ResNet-18 robust teacher trained by the suite on a GPU (results/gpu/make.sh: N-FGSM, 30 epochs), the full test split
-    # and AutoAttack on a class-stratified 1,000.
-    "gpu": {
+    }, help="the paper's settings for the dataset (a GPU job)")
+# One GPU run in about 5 minutes (issue 28; sized with `dfrd-bench estimate --preset gpu`, docs/speed.md):
+# the paper's per-step settings (attack steps, batch 256, ResNet-18 student) with 20 epochs x (20
+# generator + 100 student iterations) = 2,000 student steps (2.3 % of paper's 88,000), a
+# ResNet-18 robust teacher trained by the suite on a GPU (results/gpu/make.sh: N-FGSM, 30 epochs), the full test split
+# and AutoAttack on a class-stratified 1,000.
+register_preset("gpu", {
         "*": {"student": "resnet18", "epochs": 20, "gen_iters": 20, "student_iters": 100, "batch_size": 256,
               "synthesis_batch_size": 256, "pool_max": None, "eval_limit": None, "aa_limit": 1000},
         "cifar10": {"teacher": "gpu-resnet18-cifar10"},
-    },
-    # CPU-sized: the bundled CPU teacher, a small student, about 10 minutes on 2 cores.
-    "quick": {
+    }, help="one GPU run in about 5 minutes (2,000 student steps)")
+# The CPU benchmark (issue 12; pilot and reasoning in results/standard-pilot/README.md): `quick` with
+# 5x the student steps (40 epochs x 40 iterations of 64 = 1,600) and a pool of 40 x 128 = 5,120
+# synthetic images instead of 512; full test split, AutoAttack on a stratified 500 (50 per class).
+# About 20 minutes a run on 2 cores, evaluation included. (Registered before its parent `quick`, in
+# the order the presets have always been listed; a parent is looked up when a preset is resolved.)
+register_preset("standard", {
+        "*": {"epochs": 40, "synthesis_batch_size": 128, "pool_max": 8192, "aa_limit": 500},
+    }, parent="quick", help="the CPU benchmark: quick with 5x the student steps")
+# CPU-sized: the bundled CPU teacher, a small student, about 10 minutes on 2 cores.
+register_preset("quick", {
         "*": {"student": "resnet8", "epochs": 8, "gen_iters": 10, "student_iters": 40, "batch_size": 64,
               "synthesis_batch_size": 64, "pool_max": 4096, "eval_limit": None, "aa_limit": 2000},
         "cifar10": {"teacher": "cpu-resnet20-cifar10"},
-    },
-    # The CPU benchmark (issue 12; pilot and reasoning in results/standard-pilot/README.md): `quick` with
-    # 5x the student steps (40 epochs x 40 iterations of 64 = 1,600) and a pool of 40 x 128 = 5,120
-    # synthetic images instead of 512; full test split, AutoAttack on a stratified 500 (50 per class).
-    # About 20 minutes a run on 2 cores, evaluation included.
-    "standard": {
-        "*": {"epochs": 40, "synthesis_batch_size": 128, "pool_max": 8192, "aa_limit": 500},
-    },
-    # Seconds, for tests and plumbing checks.
-    "smoke": {
+    }, help="CPU-sized: the bundled CPU teacher, a small student")
+# Seconds, for tests and plumbing checks.
+register_preset("smoke", {
         "*": {"student": "resnet8", "epochs": 2, "gen_iters": 2, "student_iters": 2, "batch_size": 8,
               "synthesis_batch_size": 8, "pool_max": 64, "eval_limit": 20, "aa_limit": 10,
               "attacks": "clean,pgd20"},
         "cifar10": {"teacher": "cpu-resnet20-cifar10"},
-    },
-}
-
-
-class ConfigError(DfrdError, ValueError):
-    pass
+    }, help="seconds, for tests and plumbing checks")
 
 
 @dataclass(frozen=True)
@@ -187,15 +244,47 @@ def check_seed(seed: Any, what: str = "seed") -> int:
 
 # The runner's settings; a method adds its own with `Method.ranges`. Every float setting must also be
 # finite, every whole-number setting whole (checked from the defaults' types).
+# The range of an L-inf budget wherever one is given (the `eps` setting, `eval --eps`, teacher training).
+EPS_RANGE = Range(0.0, 1.0, low_open=True, hint=f" (images are in [0, 1]: write {DEFAULT_EPS_TEXT}, not 8)")
+
+
+def check_eps(eps: Any, what: str = "eps") -> float:
+    """`eps` as a budget in (0, 1], refused with one line (a ConfigError naming `what`) otherwise."""
+    EPS_RANGE.check(what, eps, nullable=False)
+    return float(eps)
+
+
 RUNNER_RANGES: Dict[str, Range] = {
     "epochs": count(), "student_iters": count(), "gen_iters": count(0), "batch_size": batch_range(),
     "synthesis_batch_size": batch_range(), "eval_batch_size": batch_range(), "warmup_epochs": count(0),
     "checkpoint_every_epochs": count(), "log_every_epochs": count(), "pool_max": count(),
     "eval_limit": count(), "aa_limit": count(),
-    "eps": Range(0.0, 1.0, low_open=True, hint=" (images are in [0, 1]: write 8/255, not 8)"),
+    "eps": EPS_RANGE,
     "student_lr": Range(0.0, low_open=True), "student_momentum": Range(0.0, 1.0),
     "student_weight_decay": Range(0.0),
 }
+
+
+def runner_choices() -> Dict[str, Sequence[str]]:
+    """The runner's text settings with declared choices, each checked when settings are resolved:
+    the student optimiser and schedule (registries in dfrd_bench/optim.py, which plugins extend),
+    compile and precision."""
+    from .optim import optimizer_names, schedule_names
+
+    return {"student_schedule": schedule_names(), "student_optimizer": optimizer_names(),
+            "compile": COMPILE_MODES, "precision": PRECISIONS}
+
+
+# Runner settings added after results were first written, with the value every earlier run had: a
+# stored config (a resume state, a result) that lacks one is read as having it (with_added_settings).
+SETTINGS_ADDED: Dict[str, Any] = {"student_optimizer": "sgd"}
+
+
+def with_added_settings(stored: Mapping[str, Any], method_cls: Any = None) -> Dict[str, Any]:
+    """A stored resolved config with the settings it predates at the value it ran with: the runner's
+    (SETTINGS_ADDED) and the method's (`Method.settings_added`, e.g. FERD's bottleneck readings of v3,
+    whose absence means the v2 reading ran)."""
+    return {**SETTINGS_ADDED, **(getattr(method_cls, "settings_added", None) or {}), **stored}
 
 
 def validate(values: Mapping[str, Any], defaults: Mapping[str, Any], ranges: Mapping[str, Range]) -> None:
@@ -312,8 +401,8 @@ def _layer(target: Dict[str, Any], layer: Mapping[str, Any], allowed: Iterable[s
 
 
 def resolve_config(method_cls: Any, dataset: str, preset: str, overrides: Optional[Mapping[str, Any]] = None) -> Config:
-    if preset not in PRESET_NAMES:
-        raise ConfigError(f"unknown preset {preset!r}; choose {', '.join(PRESET_NAMES)}")
+    if preset not in RUNNER_PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose {', '.join(preset_names())}")
     method_defaults = dict(getattr(method_cls, "defaults", {}))
     clash = set(method_defaults) & set(RUNNER_DEFAULTS)
     if clash:
@@ -338,10 +427,7 @@ def resolve_config(method_cls: Any, dataset: str, preset: str, overrides: Option
     _layer(values, overrides, keys, "--set")
     values["preset"] = preset
     values["dataset"] = dataset
-    if values["student_schedule"] not in STUDENT_SCHEDULES:
-        raise ConfigError(f"student_schedule must be one of {', '.join(STUDENT_SCHEDULES)}, "
-                          f"got {values['student_schedule']!r}")
-    for key, choices in (("compile", COMPILE_MODES), ("precision", PRECISIONS)):
+    for key, choices in runner_choices().items():
         if values[key] not in choices:
             raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {values[key]!r}")
     for key, allowed in getattr(method_cls, "choices", {}).items():
@@ -365,7 +451,13 @@ def preset_chain(preset: str) -> List[str]:
     """The presets whose layers make up `preset`, parent first: ['quick', 'standard'] for standard."""
     chain = [preset]
     while chain[-1] in PRESET_PARENTS:
-        chain.append(PRESET_PARENTS[chain[-1]])
+        parent = PRESET_PARENTS[chain[-1]]
+        if parent not in RUNNER_PRESETS:
+            raise ConfigError(f"preset {chain[-1]!r} builds on {parent!r}, which is not a registered preset "
+                              f"({', '.join(preset_names())})")
+        if parent in chain:
+            raise ConfigError(f"presets {' -> '.join(chain + [parent])} build on each other in a loop")
+        chain.append(parent)
     return chain[::-1]
 
 

@@ -14,9 +14,11 @@ import torch
 
 from .errors import DfrdError
 
-# what the console line shows, in this order, when the record has it: (key, label)
-LINE_KEYS = (("gen/total", "gen"), ("student/loss", "student"), ("student/kl_clean", "kl clean"),
-             ("student/kl_adv", "kl adv"), ("lr", "lr"))
+# what the console line shows, in this order, when the record has it: (keys, label), the first of the
+# keys the record has. A method's generator loss is `gen/total` (FERD, CMI, DeepInv, Fast, DFHL) or
+# `gen/loss` (a plugin's single loss, the worked example); a method with neither (ZSKT) shows no `gen`.
+LINE_KEYS = ((("gen/total", "gen/loss"), "gen"), (("student/loss",), "student"), (("student/kl_clean",), "kl clean"),
+             (("student/kl_adv",), "kl adv"), (("lr",), "lr"))
 
 
 class TensorBoardMissing(DfrdError, ImportError):
@@ -33,9 +35,9 @@ def clock(seconds: float) -> str:
 def epoch_line(record: Mapping[str, Any], epochs: int, eta_seconds: float) -> str:
     """'epoch 3/40 · gen 25.98 · student 0.488 · kl clean 0.454 · kl adv 0.495 · lr 0.1 · pool 384 · 21.9 s · left 0:14:16'."""
     parts = [f"epoch {record['epoch']}/{epochs}"]
-    for key, label in LINE_KEYS:
-        value = record.get(key)
-        if isinstance(value, (int, float)):
+    for keys, label in LINE_KEYS:
+        value = next((record[k] for k in keys if isinstance(record.get(k), (int, float))), None)
+        if value is not None:
             parts.append(f"{label} {value:.4g}")
     if "pool" in record:
         parts.append(f"pool {record['pool']}")

@@ -30,7 +30,7 @@ import torch
 
 from .acceleration import fp32_region, ieee_fp32
 from .errors import DfrdError
-from .attacks import ATTACK_ORDER, ATTACKS, BATCH_DRAWS, AttackSettings
+from .attacks import ATTACKS, BATCH_DRAWS, AttackSettings, attack_order, attack_spec
 from .data import ImageSet
 from .eval_progress import AttackCursor, EvalProgress, evaluation_identity
 from .metrics import encode_outcomes, summarize
@@ -51,13 +51,20 @@ def parse_attacks(text: str | Sequence[str]) -> List[str]:
     """'all' or a comma list -> attack names in canonical order; unknown names fail with a hint."""
     if text is None:
         text = ""
-    names = list(ATTACK_ORDER) if text in ("all", ["all"]) else (
+    order = attack_order()  # the declared attacks (plugins' included), in canonical order
+    names = list(order) if text in ("all", ["all"]) else (
         [t.strip() for t in text.split(",") if t.strip()] if isinstance(text, str) else list(text))
     if not names:
-        raise EvaluationError(f"no attack given: pass a comma list of {', '.join(ATTACK_ORDER)} or all")
+        raise EvaluationError(f"no attack given: pass a comma list of {', '.join(order)} or all")
     for n in names:
         ATTACKS.get(n)  # raises with suggestions
-    return [n for n in ATTACK_ORDER if n in names] + [n for n in names if n not in ATTACK_ORDER]
+    return [n for n in order if n in names] + [n for n in names if n not in order]
+
+
+def _perturbs(name: str) -> bool:
+    """Whether attack `name` moves the images (all but clean; an undeclared attack is taken to)."""
+    spec = attack_spec(name)
+    return spec is None or spec.perturbs
 
 
 # The model-mode switch lives in dfrd_bench.modes; `frozen_eval` is its old name here.
@@ -206,7 +213,8 @@ def _evaluate(model: torch.nn.Module, data: ImageSet, attacks: Sequence[str], se
             if entry is None:
                 subset = data.subset(attack_limits[name], seed=settings.seed) if name in attack_limits else None
                 x, y = subset.tensors() if subset is not None else (x_all, y_all)
-                bs = settings.batch_size if name == "aa" else batch_size
+                spec = attack_spec(name)  # AutoAttack's batches are AttackSettings.batch_size (AttackSpec.own_batch_size)
+                bs = settings.batch_size if spec is not None and spec.own_batch_size else batch_size
                 cursor = tracker.cursor(name) or _start_attack(name, model, x, y, subset is None, settings, dev,
                                                               batch_size, bs, tracker, shard)
                 # an attack whose draws are unknown (BATCH_DRAWS) runs whole on every rank
@@ -232,7 +240,7 @@ def _start_attack(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.T
     t0 = time.time()
     pred = torch.full((len(y),), -1, dtype=torch.long)
     attacked = torch.ones(len(y), dtype=torch.bool)
-    if name != "clean" and not settings.attack_misclassified:
+    if _perturbs(name) and not settings.attack_misclassified:
         if full_split and tracker.clean_pred is None:
             # once per split, whichever attack comes first
             tracker.clean_pred = _predict(model, x, dev, batch_size, shard)
@@ -261,7 +269,7 @@ def _run_batches(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Te
         if shard is None or shard.owns(b):
             xb, yb = x[rows].to(dev), y[rows].to(dev)
             x_adv = fn(model, xb, yb, settings, gen)
-            linf = check_perturbation(x_adv, xb, settings.eps if name != "clean" else 0.0, name)
+            linf = check_perturbation(x_adv, xb, settings.eps if _perturbs(name) else 0.0, name)
             with torch.no_grad():
                 cursor.pred[rows] = model(x_adv).argmax(1).cpu()
             cursor.max_linf = max(cursor.max_linf, linf)

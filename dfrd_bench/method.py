@@ -2,54 +2,46 @@
 
 The runner owns the loop (epochs, the generation and distillation stages, the pool, the student's
 optimiser and schedule, checkpoints, evaluation, the result). A method supplies only what is its
-own, through four verbs:
+own, through two verbs it must write and three it overrides when it has state:
 
-    setup(ctx)                   build generators / optimisers / state (called once)
     generate(ctx) -> Samples     one generation stage; the runner adds the samples to the pool
     student_loss(ctx, batch)     build adversarial examples, return (loss, logs)
-    state_dict() / load_state_dict(state)   everything needed to resume exactly
+    setup(ctx)                   optional: build generators / optimisers / state (called once)
+    state_dict() / load_state_dict(state)   optional: everything else needed to resume exactly
 
-Optional: `end_epoch(ctx) -> logs` after the distillation stage. Draw every random number from
-`ctx` (ctx.randn / ctx.rand / ctx.randint / ctx.multinomial) or the global torch RNG, both of
-which are checkpointed, so a resumed run ends with the same student.
+The defaults of the optional ones build nothing and save nothing: a method without state of its own
+(no generator, no optimiser, no memory bank) writes none of them. Optional too: `end_epoch(ctx) ->
+logs` after the distillation stage. Draw every random number from `ctx` (ctx.randn / ctx.rand /
+ctx.randint / ctx.multinomial) or the global torch RNG, both of which are checkpointed, so a resumed
+run ends with the same student.
 
 Data-parallel runs (`torchrun`, docs/adding-a-method.md): a method that sets `data_parallel = True`
 synthesises its share of the batch (ctx.cfg holds the per-process batch sizes) and keeps whatever it
 shares across samples the same on every process with `ctx.average_gradients`, `ctx.average_buffers`,
 `ctx.sync_module`, `ctx.gather`, `ctx.average` and `ctx.broadcast`; with one process they do nothing.
 
-What tables, figures and `list methods` say about a method (its label, paper, family, whether it
-uses the RSLAD student stage, whether it is the proposed method) is its `info = MethodInfo(...)`,
-checked by `register_method`. Methods are found through the entry-point group `dfrd_bench.methods`
-(the built-ins in the top-level `methods/` package are declared there too, with a fallback import
-of that package, checked to be this project's), and `--plugin module` loads one module for one
-command.
+This module is the interface and the context. Next to it: what tables, figures and `list methods`
+say about a method (its label, paper, family, ...: `info = MethodInfo(...)`) is in
+dfrd_bench/method_info.py; the `METHODS` registry, `@register_method` and the plugin loading (entry
+points, `--plugin`, the built-ins' shadow guard) are in dfrd_bench/plugins.py. Every name of both is
+re-exported here, so `from dfrd_bench.method import register_method, MethodInfo` keeps working (the
+registry's names are loaded on first use: dfrd_bench.plugins builds on this module).
 """
 from __future__ import annotations
 
-import dataclasses
-import importlib
-import importlib.util
-import logging
-import sys
 from dataclasses import dataclass, field
-from importlib import metadata
-from pathlib import Path
-from typing import Any, Callable, ClassVar, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, ClassVar, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
 
 from .acceleration import Accelerator, to_device
 from .config import Config
 from .distributed import World
-from .errors import DfrdError, InputError
+from .errors import InputError
+from .method_info import FAMILIES, MethodInfo, method_info, table_order  # noqa: F401  (re-exported)
 from .models import Classifier
 from .modes import frozen, in_eval_mode, model_mode  # noqa: F401  (re-exported for method plugins)
 from .pool import SamplePool
-from .registry import Registry
-
-ENTRY_POINT_GROUP = "dfrd_bench.methods"
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -147,35 +139,6 @@ class MethodContext:
         return to_device(draws, self.device)
 
 
-FAMILIES: Dict[str, str] = {
-    "generator": "a generator network synthesises the samples",
-    "inversion": "the pixels themselves are optimised against the teacher",
-    "hard-label": "the teacher answers with its top-1 label only",
-    "other": "none of these (what a plugin that does not say gets)",
-}
-
-
-@dataclass(frozen=True)
-class MethodInfo:
-    """What tables, figures and `list methods` say about a method, declared on its class as `info`.
-
-    Nothing here changes how a method runs; `register_method` checks it."""
-
-    label: str = ""                # its name in tables and figure legends ("" = the registered name)
-    paper: str = ""                # the paper it comes from ("" = the class's `paper`)
-    family: str = "other"          # a key of FAMILIES
-    # made robust with the shared RSLAD student stage (dfrd_bench.robust_kd; needs the `rslad`
-    # setting): Table 8 gets its rslad=false / rslad=true rows
-    rslad_stage: bool = False
-    # the method the paper proposes: listed last, and never "the best baseline" a cell is tested against
-    proposed: bool = False
-    order: int = 100               # position among the baselines in tables and figures (lower first, then name)
-    color: Optional[str] = None    # its matplotlib colour in figures (None: the next of the colour cycle)
-    # settings a run must have to fill the method's row of the method tables (1, 2, 5), e.g. FERD's reading
-    row_settings: Mapping[str, Any] = field(default_factory=dict)
-    url: str = ""                  # where the paper or the reference code is
-
-
 class Method:
     """Base class of method plugins; see the module docstring and docs/adding-a-method.md."""
 
@@ -195,6 +158,12 @@ class Method:
     # Raised when one of this method's defaults moves (a reading, a preset's budget); a run records
     # max(dfrd_bench.config.DEFAULTS_VERSION, this) and tables keep only a method's newest runs.
     defaults_version: ClassVar[int] = 0
+    # A module that declares this method's own tables, figures, claims and published numbers
+    # (dfrd_bench/report/contrib.py); imported when the report is drawn, never by a run.
+    report_module: ClassVar[Optional[str]] = None
+    # Settings added after results were first written, with the value those results ran with
+    # (config.with_added_settings: resume checks and `dfrd-bench reproduce` read an old config so).
+    settings_added: ClassVar[Dict[str, Any]] = {}
     presets: ClassVar[Dict[str, Dict[str, Dict[str, Any]]]] = {}
     variants: ClassVar[Dict[str, Dict[str, Any]]] = {}
     # True once the method keeps its shared state the same on every process of a data-parallel run
@@ -212,15 +181,19 @@ class Method:
         return cfg.get("layer") or teacher.feature_layer
 
     def setup(self, ctx: MethodContext) -> None:
-        pass
+        """Optional (the default builds nothing): build generators, optimisers and other state, once
+        before the first epoch and before a resume loads `state_dict`."""
 
     def generate(self, ctx: MethodContext) -> Samples:
+        """Required: one generation stage; the runner adds the samples to the pool, logs `gen/<key>`."""
         raise NotImplementedError
 
     def student_loss(self, ctx: MethodContext, batch: Batch) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """Required: the student's loss on a pool batch and its logs (`student/<key>`)."""
         raise NotImplementedError
 
     def end_epoch(self, ctx: MethodContext) -> Dict[str, Any]:
+        """Optional: logs after the distillation stage (the default logs nothing)."""
         return {}
 
     def bench_passes(self, cfg: Config, ctx: MethodContext) -> Dict[str, Dict[str, float]]:
@@ -230,10 +203,13 @@ class Method:
         return {}
 
     def state_dict(self) -> Dict[str, Any]:
+        """Optional (the default saves nothing): everything `setup` built that changes during a run
+        (generator and optimiser states, banks, running statistics), for an exact resume. The
+        student, its optimiser, the pool and the random streams are the runner's and saved already."""
         return {}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        pass
+        """Optional: the inverse of `state_dict`, called after `setup` on --resume."""
 
 
 NEEDS = {"batchnorm": "BatchNorm layers", "layer": "intermediate layer (layer l)", "stages": "stage outputs"}
@@ -281,156 +257,22 @@ def check_teacher(method: "Method", teacher: Classifier, cfg: Config) -> None:
             raise InputError(f"{method.name}: {exc}") from None
 
 
-METHODS: Registry[type] = Registry("method")
-
-
-class PluginError(DfrdError, ValueError):
-    """A method plugin that cannot be loaded or registered as declared (the message says what to change)."""
-
-
-def register_method(name: str) -> Callable[[type], type]:
-    """Class decorator: `@register_method("ferd")`; a second class with the same name is an error.
-    The class's `info` (MethodInfo) is checked here, so a bad declaration fails at import."""
-
-    def decorator(cls: type) -> type:
-        if not (isinstance(cls, type) and issubclass(cls, Method)):
-            raise TypeError(f"{cls!r} must subclass dfrd_bench.method.Method")
-        info = checked_info(name, cls)
-        cls.name = name
-        METHODS.add(name, cls, help=cls.summary)
-        cls.info, cls.paper = info, info.paper
-        return cls
-
-    return decorator
-
-
-def checked_info(name: str, cls: type) -> MethodInfo:
-    """The class's own `info` (one inherited from a registered method describes that one, not this),
-    with the label and paper filled in, or one line saying what is wrong with it."""
-    info = cls.__dict__.get("info")
-    if info is None:  # a plugin that declares nothing: its name as label, RSLAD rows if it has the switch
-        return MethodInfo(label=name, paper=cls.paper, rslad_stage="rslad" in cls.defaults)
-    if not isinstance(info, MethodInfo):
-        raise PluginError(f"method {name!r}: `info` must be a dfrd_bench.method.MethodInfo, got {type(info).__name__}")
-    if info.family not in FAMILIES:
-        raise PluginError(f"method {name!r}: unknown family {info.family!r} in its MethodInfo: use one of "
-                          f"{', '.join(FAMILIES)}")
-    if info.rslad_stage and "rslad" not in cls.defaults:
-        raise PluginError(f"method {name!r} declares rslad_stage=True but has no `rslad` setting: build it on "
-                          f"dfrd_bench.robust_kd.RobustKDMethod (or set rslad_stage=False)")
-    return dataclasses.replace(info, label=info.label or name, paper=info.paper or cls.paper)
-
-
-def method_info(name: str) -> MethodInfo:
-    """A registered method's metadata; a method not installed here (a result made elsewhere) gets
-    its name as label and the defaults."""
-    load_plugins()
-    return METHODS.get(name).info if name in METHODS else MethodInfo(label=name)
-
-
-def table_order(names: Iterable[str]) -> List[str]:
-    """`names` in the order tables and figures list methods: the baselines by their `order` (then
-    name), the proposed method(s) last, as in the paper."""
-    def key(name: str) -> Tuple[bool, int, str]:
-        info = method_info(name)
-        return info.proposed, info.order, name
-
-    return sorted(dict.fromkeys(names), key=key)
-
-
 # ------------------------------------------------------------------------------------------------
-# Loading: the built-ins and third-party plugins alike come through the entry-point group
-# `dfrd_bench.methods` (pyproject.toml declares the built-ins'); `--plugin module` adds one module
-# for one command.
-BUILTIN_PACKAGE = "methods"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the folder that holds dfrd_bench/ and methods/
-_PLUGINS_LOADED = False
-_PLUGIN_MODULES: List[str] = []  # loaded with --plugin in this process (sweep passes them on to the runs it prints)
+# Re-exported from dfrd_bench.plugins (the registry and the loading), which imports this module:
+# loaded on first use (PEP 562), so `import dfrd_bench.method` and `import dfrd_bench.plugins` work in
+# either order and neither import is a cycle.
+_PLUGIN_NAMES = ("METHODS", "PluginError", "register_method", "checked_info", "load_plugins", "load_plugin_module",
+                 "plugin_modules", "get_method", "check_builtin_package", "ENTRY_POINT_GROUP", "BUILTIN_PACKAGE",
+                 "PROJECT_ROOT", "log", "DfrdError", "Registry")
 
 
-def check_builtin_package() -> None:
-    """The `methods` package Python would import must be this project's (next to dfrd_bench);
-    another installed package of that name would otherwise replace the built-ins without a word."""
-    expected = PROJECT_ROOT / BUILTIN_PACKAGE
-    module = sys.modules.get(BUILTIN_PACKAGE)
-    if module is not None:
-        where = getattr(module, "__file__", None) or next(iter(getattr(module, "__path__", [])), None)
-    else:
-        spec = importlib.util.find_spec(BUILTIN_PACKAGE)
-        where = spec and (spec.origin if spec.has_location else next(iter(spec.submodule_search_locations or []), None))
-    if where is None:
-        raise PluginError(f"dfrd-bench's built-in methods are missing (expected the package {expected}): "
-                          f"reinstall dfrd-bench (pip install -e . in its repository)")
-    found = Path(where).resolve()
-    if expected.resolve() not in (found, found.parent):
-        raise PluginError(f"another installed package named 'methods' (at {found}) shadows dfrd-bench's built-in "
-                          f"methods ({expected}): uninstall or rename it, or run where it is not importable")
+def __getattr__(name: str) -> Any:
+    if name in _PLUGIN_NAMES:
+        from . import plugins
+
+        return getattr(plugins, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def load_plugins(refresh: bool = False) -> List[str]:
-    """Register every method: each entry point in the group `dfrd_bench.methods` (the built-ins'
-    are declared in pyproject.toml), then this project's `methods` package when its entry points
-    are not installed (a source checkout, an install older than them). Returns the names.
-
-    An entry point may name a module (whose classes register themselves with @register_method)
-    or a Method subclass, which is then registered under the entry point's name. A broken
-    third-party plugin is reported and skipped; a shadowed or broken built-in is an error.
-    """
-    global _PLUGINS_LOADED
-    if _PLUGINS_LOADED and not refresh:
-        return METHODS.names()
-    _PLUGINS_LOADED = True  # first: a plugin that asks for a method while it is imported finds no loop
-    try:
-        check_builtin_package()
-        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-            _load_entry_point(ep)
-        importlib.import_module(BUILTIN_PACKAGE)  # a no-op once an entry point imported it
-    except BaseException:
-        _PLUGINS_LOADED = False  # the next call fails the same way instead of listing half the methods
-        raise
-    return METHODS.names()
-
-
-def _load_entry_point(ep: metadata.EntryPoint) -> None:
-    builtin = ep.value.split(":")[0].split(".")[0] == BUILTIN_PACKAGE
-    if ep.name in METHODS:
-        if not builtin and METHODS.get(ep.name).__module__ != ep.value.split(":")[0]:
-            log.warning("method plugin %s (%s) skipped: the name is taken by %s", ep.name, ep.value,
-                        METHODS.get(ep.name).__module__)
-        return
-    try:
-        obj = ep.load()
-    except Exception as exc:  # a broken third-party plugin must not break the suite
-        if builtin:
-            raise
-        log.warning("could not load method plugin %s (%s): %s", ep.name, ep.value, exc)
-        return
-    if isinstance(obj, type) and issubclass(obj, Method) and ep.name not in METHODS:
-        register_method(ep.name)(obj)
-
-
-def load_plugin_module(module: str) -> List[str]:
-    """Import `module` for this process (`--plugin`): its classes register themselves with
-    @register_method. Returns the method names it added."""
-    load_plugins()
-    before = set(METHODS.names())
-    try:
-        importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name and (module == exc.name or module.startswith(exc.name + ".")):
-            raise PluginError(f"--plugin {module}: no module named {exc.name!r}: put the folder that holds it on "
-                              f"PYTHONPATH, or pip install its package") from None
-        raise
-    if module not in _PLUGIN_MODULES:
-        _PLUGIN_MODULES.append(module)
-    return sorted(set(METHODS.names()) - before)
-
-
-def plugin_modules() -> List[str]:
-    """The modules loaded with --plugin in this process, in order."""
-    return list(_PLUGIN_MODULES)
-
-
-def get_method(name: str) -> type:
-    load_plugins()
-    return METHODS.get(name)
+def __dir__() -> List[str]:
+    return sorted(list(globals()) + list(_PLUGIN_NAMES))

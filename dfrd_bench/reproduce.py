@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .config import resolve_config, setting_text
+from .config import resolve_config, setting_text, with_added_settings
 from .errors import DfrdError
 from .evaluator import parse_attacks
 from .method import get_method
@@ -87,7 +87,10 @@ def recorded_overrides(result: Dict[str, Any], attacks: Sequence[str]) -> Tuple[
     config that the current code resolves differently; and notes on settings that cannot be restored."""
     method_cls, dataset, preset = get_method(result["method"]), result["dataset"], result.get("preset") or "quick"
     overrides = {**(result.get("overrides") or {}), "attacks": ",".join(attacks)}
-    recorded = {k: v for k, v in (result.get("config") or {}).items() if k not in NOT_RESTORED}
+    stored = result.get("config") or {}
+    # settings added after the run: the value it ran with (config.with_added_settings), restored like any other
+    recorded = {k: v for k, v in (with_added_settings(stored, method_cls) if stored else {}).items()
+                if k not in NOT_RESTORED}
     current = _jsonable(resolve_config(method_cls, dataset, preset, overrides).to_dict())
     notes = [f"setting {k} is newer than the result (now {current[k]!r})" for k in current
              if k not in recorded and k not in NOT_RESTORED and result.get("config")]

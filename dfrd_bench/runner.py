@@ -35,14 +35,17 @@ from .acceleration import Accelerator, enable_cudnn_autotune
 from .attacks import AttackSettings
 from .checkpoints import save_model, sha256_file, weights_sha256
 from .augment import random_crop_flip
-from .config import DEFAULTS_VERSION, STUDENT_SCHEDULES, run_defaults_version, Config, check_seed, resolve_config, student_steps
+from .config import (DEFAULTS_VERSION, run_defaults_version, Config, check_seed, resolve_config, student_steps,
+                     with_added_settings)
 from .data import get_dataset_spec, load_split
 from .distributed import EvalShard, World, session
 from .epoch_log import epoch_line, open_tensorboard, require_tensorboard
 from .errors import DfrdError, DivergenceError, first_line
 from .evaluator import evaluate, non_finite_outputs, non_finite_parameters, parse_attacks, probe_images
 from .method import Batch, Method, MethodContext, Samples, check_teacher, get_method
+from .method_info import info_as_dict
 from .models import build_model, count_parameters
+from .optim import cosine_lr, create_optimizer, scheduled_lr  # noqa: F401 (cosine_lr: ZSKT imports it from here)
 from .pool import SamplePool
 from .provenance import provenance, session_record
 from .store import read_result, write_result
@@ -107,20 +110,11 @@ def check_run_name(name: str) -> None:
         raise RunError(f"--name is {len(name)} characters long: pass one of at most {MAX_NAME} characters")
 
 
-def cosine_lr(base: float, step: int, total: int) -> float:
-    """Cosine annealing from `base` to 0 over `total` steps (CosineAnnealingLR with T_max=total)."""
-    return 0.5 * base * (1 + math.cos(math.pi * step / max(1, total)))
-
-
 def student_lr_at(cfg: Config, epoch: int) -> float:
-    """The student's learning rate in (0-based) `epoch` under cfg.student_schedule."""
-    if cfg.student_schedule == "constant":
-        return cfg.student_lr
-    if cfg.student_schedule == "cosine":  # restarts after the warm-up: the first student epoch gets student_lr
-        return cosine_lr(cfg.student_lr, max(0, epoch - cfg.warmup_epochs), cfg.epochs - cfg.warmup_epochs)
-    if cfg.student_schedule == "cosine-through-warmup":  # the scheduler also steps in the warm-up epochs
-        return cosine_lr(cfg.student_lr, epoch, cfg.epochs)
-    raise RunError(f"unknown student_schedule {cfg.student_schedule!r}; use {', '.join(STUDENT_SCHEDULES)}")
+    """The student's learning rate in (0-based) `epoch` under cfg.student_schedule (a registered
+    schedule: dfrd_bench/optim.py; cosine restarts after the warm-up, cosine-through-warmup also
+    steps in the warm-up epochs, constant)."""
+    return scheduled_lr(cfg, epoch)
 
 
 def student_batch(pool: SamplePool, cfg: Config, rng: torch.Generator, world: Optional[World] = None) -> Batch:
@@ -330,9 +324,10 @@ def _load_state(state_path: Path) -> Dict[str, Any]:
 
 
 def _check_same_run(state: Dict[str, Any], state_path: Path, cfg: Config, identity: Dict[str, Any],
-                    log: Callable[[str], None]) -> None:
+                    log: Callable[[str], None], method: Optional[Method] = None) -> None:
     """Resume only the run that wrote the state: same settings, seed, teacher weights and test data."""
-    stored = json.loads(state["config"])
+    # a state older than a setting ran at the value that setting's introduction names (not its default)
+    stored = with_added_settings(json.loads(state["config"]), type(method) if method is not None else None)
     current = json.loads(json.dumps(cfg.to_dict(), default=str))
     changed = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
     if changed:
@@ -460,7 +455,7 @@ def _resume(state_path: Path, cfg: Config, identity: Dict[str, Any], ctx: Method
     seconds, CPU seconds: None in a checkpoint written before CPU time was kept, the sessions so far:
     [] in a checkpoint written before they were kept)."""
     st = _load_state(state_path)
-    _check_same_run(st, state_path, cfg, identity, log)
+    _check_same_run(st, state_path, cfg, identity, log, method)
     world = ctx.world
     _check_world(st, state_path, world)
     ctx.student.net.load_state_dict(st["student"])
@@ -558,8 +553,7 @@ def _run_locked(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, d
     check_teacher(method, ctx.teacher, cfg)
     method.setup(ctx)
     batch_rng = _rank_streams(ctx, req.seed)
-    opt = torch.optim.SGD(student.parameters(), lr=cfg.student_lr, momentum=cfg.student_momentum,
-                          weight_decay=cfg.student_weight_decay)
+    opt = create_optimizer(cfg.student_optimizer, student.parameters(), cfg)
     history: List[Dict[str, Any]] = []
     sessions: List[Dict[str, Any]] = []  # provenance of the start and of each resume (kept in the state)
     # wall-clock and process CPU seconds (all threads): CPU time is what a run costs whatever else
@@ -671,6 +665,7 @@ def _run_locked(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, d
                          "world_size": world.size},
             "config": json.loads(json.dumps(cfg.to_dict(), default=str)),
             "student_steps": student_steps(cfg),
+            "method_info": info_as_dict(method_cls.info),  # tables render it where the plugin is not installed
             "defaults_version": run_defaults_version(method_cls),
             "core_defaults_version": DEFAULTS_VERSION,
             "overrides": {k: v for k, v in req.overrides.items()},

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .acceleration import autocast_dtype, enable_cudnn_autotune, precision_name
+from .config import DEFAULT_EPS
 from .errors import DivergenceError, InputError
 from .attacks import ce_objective, kl_objective, random_start, sign_ascent
 from .augment import random_crop_flip
@@ -50,7 +51,7 @@ class TeacherTrainConfig:
     schedule: str = "onecycle"    # onecycle | cosine | piecewise (x0.1 at 50% and 75%)
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    eps: float = 8 / 255
+    eps: float = DEFAULT_EPS
     step: Optional[float] = None  # default: 2/255 (pgd, trades), 1.25 eps (fgsm-rs), eps (n-fgsm)
     attack_steps: int = 10        # pgd / trades inner steps
     trades_beta: float = 6.0

@@ -180,6 +180,15 @@ def format_eps(eps: float) -> str:
     return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{eps:g}"
 
 
+def read_between_markers(path: Union[str, Path], name: str) -> str:
+    """The text `replace_between_markers(path, name, body)` put there: body with one final newline."""
+    text = Path(path).read_text()
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    if start not in text or end not in text:
+        raise InputError(f"{path} lacks the markers {start} ... {end}")
+    return text[text.index(start) + len(start) + 1: text.index(end)]
+
+
 def replace_between_markers(path: Union[str, Path], name: str, body: str) -> None:
     """Atomically replace the text between `<!-- name:start -->` and `<!-- name:end -->` in `path`.
 

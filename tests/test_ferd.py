@@ -379,3 +379,22 @@ def test_deepinv_paper_budget_follows_the_policy_and_ferd_sec51_is_a_variant():
     assert resolve_config(deepinv, "cifar10", "paper", {"variant": "ferd-sec5.1"}).gen_iters == 200
     assert resolve_config(deepinv, "cifar10", "standard").gen_iters == \
         resolve_config(deepinv, "cifar10", "standard", {"variant": "ferd-sec5.1"}).gen_iters  # CPU presets unchanged
+
+
+def test_a_result_from_before_the_bottleneck_settings_reproduces_the_v2_reading():
+    import json
+
+    from dfrd_bench.config import with_added_settings
+    from dfrd_bench.reproduce import recorded_overrides
+
+    old = json.loads(json.dumps(resolve_config(FERD, "cifar10", "quick", {"variant": "ib-printed"}).to_dict(), default=str))
+    for key in FERD.settings_added:
+        old.pop(key)                       # a v2 config: the settings did not exist yet
+    old.pop("variant")
+    old["variant"] = "paper"
+    result = {"method": "ferd", "dataset": "cifar10", "preset": "quick", "config": old, "overrides": {}}
+    overrides, _ = recorded_overrides(result, ["clean"])
+    assert {k: overrides[k] for k in ("ib_noise", "ib_penalty", "ib_layer")} == \
+        {"ib_noise": "per-channel", "ib_penalty": "sum", "ib_layer": "block"}
+    assert with_added_settings(old, FERD)["gen_init"] == "default"
+    assert with_added_settings({**old, "ib_noise": "per-sample"}, FERD)["ib_noise"] == "per-sample"  # recorded wins

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from dfrd_bench.cli import main
 from dfrd_bench.config import DEFAULTS_VERSION
 from dfrd_bench.metrics import bootstrap_worst, summarize
-from dfrd_bench.report.plots import FIGURES, plot
+from dfrd_bench.report.plots import figure_names, plot
 from dfrd_bench.report.tables import build_tables, load_published, render, render_latex, render_markdown
 from dfrd_bench.store import write_result
 from dfrd_bench.sweep import emit, plan, run_sweep, spec_from
@@ -278,7 +278,7 @@ def test_table_cli_formats_and_errors(results):
     assert text.startswith("intro\n") and text.endswith("end\n") and "old" not in text and "| FERD |" in text
 
 
-@pytest.mark.parametrize("figure", FIGURES)
+@pytest.mark.parametrize("figure", figure_names())
 def test_each_figure_is_written_from_fixed_results(results, tmp_path, figure):
     from PIL import Image
 

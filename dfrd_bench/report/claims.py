@@ -13,18 +13,19 @@ A claim whose runs are missing says which runs would answer it instead of guessi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 from scipy import stats
 
 from ..data.specs import get_dataset_spec
-from ..inference import ALPHA, Test, compare as compare_groups, holm, seeds_needed, welch_test
-from ..attacks import ATTACK_ORDER
+from ..inference import ALPHA, Test, compare as compare_groups, holm, seeds_needed
+from ..attacks import attack_order
 from .collect import HIGHER_IS_BETTER, Folders, Run, group_by_setup, load_runs, matches
 from ..method import method_info
-from .tables import (ATTACK_LABELS, FERD_READING, METHOD_TABLE_OF, SIGNIFICANCE_LEVEL, TABLES, BuiltRow, cell_pvalue,
-                     evaluations_of, build_table_for, method_label, student_family)
+from .contrib import load_contributions
+from .tables import (ATTACK_LABELS, METHOD_TABLE_OF, SIGNIFICANCE_LEVEL, TABLES, BuiltRow, cell_pvalue,
+                     evaluations_of, build_table_for, method_label, student_family, table_order)
 
 METRIC_WORDS = {"worst": "worst-class", "worst10": "worst-10%", "nsd": "NSD", "avg": "average"}
 
@@ -39,7 +40,7 @@ class Claim:
     tests: Dict[str, Test]
     metric: str
     higher_is_better: bool
-    a_label: str = "FERD"
+    a_label: str = ""         # the tested side's name (the proposed method's label unless set)
     detail: str = ""
     p: float = 1.0
     direction: str = "better"
@@ -107,16 +108,36 @@ def compare(a: Sequence[Run], b: Sequence[Run], attack: str, metric: str,
     return compare_groups(ea, eb, metric, SIGNIFICANCE_LEVEL)
 
 
-def _too_few(a: Sequence[Run], b: Sequence[Run], what: str) -> str:
+# A method's own claims (its mechanisms: FERD's reweighting, its UTAEs), declared by its plugin's report
+# module: fn(runs of the setup, student, dataset) -> items (Claim or rendered line), after the
+# comparison with the baselines, in registration order.
+ClaimsFn = Callable[[Sequence[Run], str, str], List[Any]]
+CLAIMS: Dict[str, List[ClaimsFn]] = {}
+
+
+def register_claims(method: str) -> Callable[[ClaimsFn], ClaimsFn]:
+    """Declare `fn` as claims of `method` (a proposed method's own questions, answered per student)."""
+    def add(fn: ClaimsFn) -> ClaimsFn:
+        CLAIMS.setdefault(method, [])
+        if fn not in CLAIMS[method]:
+            CLAIMS[method].append(fn)
+        return fn
+
+    return add
+
+
+def too_few(a: Sequence[Run], b: Sequence[Run], what: str) -> str:
     return (f"- {what}: cannot be tested with {len(a)} and {len(b)} seeds (at least two a side: one run says nothing "
             f"about seed-to-seed spread).")
 
 
-def _ferd_rows(runs: Sequence[Run], student: str, **config: Any) -> List[Run]:
-    return [r for r in runs if r.student == student and matches(r, "ferd", {**FERD_READING, **config})]
+def method_rows(runs: Sequence[Run], student: str, method: str, **config: Any) -> List[Run]:
+    """The runs of `method` as its table row defines it (MethodInfo.row_settings) with `config` on top."""
+    return [r for r in runs if r.student == student
+            and matches(r, method, {**method_info(method).row_settings, **config})]
 
 
-def _class_name(dataset: str, k: int) -> str:
+def class_name(dataset: str, k: int) -> str:
     names = getattr(get_dataset_spec(dataset), "class_names", None)
     return names[k] if names and k < len(names) else f"class {k}"
 
@@ -124,12 +145,14 @@ def _class_name(dataset: str, k: int) -> str:
 Item = Any   # a rendered line (str) or a Claim waiting for its family's Holm step
 
 
-def _head_to_head(runs: Sequence[Run], table_rows: Sequence[BuiltRow], student: str, worst: str) -> List[Item]:
-    """FERD against every baseline with runs: worst class and NSD under PGD-20 and AutoAttack."""
+def _head_to_head(runs: Sequence[Run], table_rows: Sequence[BuiltRow], student: str, worst: str,
+                  method: str) -> List[Item]:
+    """The proposed `method` against every baseline with runs: worst class and NSD under PGD-20 and AutoAttack."""
     items: List[Item] = []
-    ferd = _ferd_rows(runs, student)
-    if not ferd:
-        return [f"- FERD against the baselines: no run of FERD's default for {student} in this setup."]
+    name = method_label(method)
+    ours = method_rows(runs, student, method)
+    if not ours:
+        return [f"- {name} against the baselines: no run of {name}'s default for {student} in this setup."]
     baselines = [r for r in table_rows if not method_info(r.method).proposed]
     absent = [method_label(r.method) for r in baselines if r.seeds == 0]
     present = [r for r in baselines if r.seeds]
@@ -141,64 +164,26 @@ def _head_to_head(runs: Sequence[Run], table_rows: Sequence[BuiltRow], student: 
         for metric in (worst, "nsd"):
             if not any((attack, metric) in r.cells for r in table_rows):
                 continue
-            question = (f"Does FERD beat every baseline on {ATTACK_LABELS[attack]} {METRIC_WORDS[metric]} accuracy?"
-                        if metric != "nsd" else f"Does FERD have a lower {ATTACK_LABELS[attack]} NSD than every baseline?")
+            question = (f"Does {name} beat every baseline on {ATTACK_LABELS[attack]} {METRIC_WORDS[metric]} accuracy?"
+                        if metric != "nsd" else f"Does {name} have a lower {ATTACK_LABELS[attack]} NSD than every baseline?")
             if not present:
                 items.append(f"- {question} No baseline run to compare with.")
                 continue
             tests = {}
             for row in present:
                 base = [r for r in runs if r.student == student and matches(r, row.method, {})]
-                t = compare(ferd, base, attack, metric)
+                t = compare(ours, base, attack, metric)
                 if t is None:
                     break
                 tests[method_label(row.method)] = t
             else:
-                items.append(Claim(question, tests, metric, HIGHER_IS_BETTER[metric]))
+                items.append(Claim(question, tests, metric, HIGHER_IS_BETTER[metric], a_label=name))
                 continue
-            items.append(_too_few(ferd, base, question))
+            items.append(too_few(ours, base, question))
     return items
 
 
-def _reweighting(runs: Sequence[Run], student: str, dataset: str) -> List[Item]:
-    """Fig. 4: does robustness-guided reweighting give the weakest class more weight, and more robustness?"""
-    ferd = _ferd_rows(runs, student)
-    plain = _ferd_rows(runs, student, reweight=False)
-    if not ferd or not plain:
-        missing = "FERD" if not ferd else "FERD without reweighting (`reweight=false`, Table 3)"
-        return [f"- Reweighting (Fig. 4): no {missing} run for {student} in this setup."]
-    # the weakest class of the student trained WITHOUT reweighting: the class reweighting should help
-    per_class = np.nanmean([[np.nan if v is None else v for v in r.result["attacks"]["pgd20"]["per_class"]]
-                            for r in plain if "pgd20" in r.result["attacks"]], axis=0)
-    k = int(np.nanargmin(per_class))
-    name = _class_name(dataset, k)
-    weights = [h["gen/p"] for r in ferd for h in r.result.get("history", [])[-1:] if h.get("gen/p") is not None]
-    items: List[Item] = []
-    if weights:
-        w = np.asarray(weights, dtype=float)
-        uniform = 1.0 / w.shape[1]
-        question = "Does reweighting raise the weakest class's weight above uniform (Fig. 4)?"
-        rank = int((w.mean(0) > w.mean(0)[k]).sum()) + 1
-        detail = (f"{name}, the weakest class under PGD-20 without reweighting, its weight p in FERD's last "
-                  f"epoch, uniform {uniform:.3f}, rank {rank} of {w.shape[1]}")
-        if len(w) >= 2:
-            t = _one_sample(w[:, k], uniform)
-            items.append(Claim(question, {"uniform": t}, "weight", True, a_label="p", detail=detail))
-        else:
-            items.append(f"- {question} {detail}: p = {w[0, k]:.3f} in one seed, cannot be tested.")
-    c = compare(ferd, plain, "pgd20", "avg", class_index=k)
-    question = f"Does reweighting raise the robustness of {name} (PGD-20)?"
-    items.append(Claim(question, {"without": c}, "avg", True, a_label="with reweighting") if c is not None
-                 else _too_few(ferd, plain, question))
-    worst = "worst10" if get_dataset_spec(dataset).num_classes >= 100 else "worst"
-    c = compare(ferd, plain, "pgd20", worst)
-    question = f"Does reweighting raise the {METRIC_WORDS[worst]} PGD-20 accuracy?"
-    items.append(Claim(question, {"without": c}, worst, True, a_label="with reweighting") if c is not None
-                 else _too_few(ferd, plain, question))
-    return items
-
-
-def _one_sample(values: np.ndarray, reference: float) -> Test:
+def one_sample(values: np.ndarray, reference: float) -> Test:
     """The t-test of a seed mean against a fixed reference, as a Test (b = the reference, no spread)."""
     mean, sd, n = float(values.mean()), float(values.std(ddof=1)), len(values)
     se = sd / np.sqrt(n)
@@ -206,27 +191,6 @@ def _one_sample(values: np.ndarray, reference: float) -> Test:
     p = float(2 * stats.t.sf(abs(diff) / se, n - 1)) if se > 0 else (0.0 if diff else 1.0)
     q = float(stats.t.ppf(0.5 + SIGNIFICANCE_LEVEL / 2, n - 1))
     return Test(mean, reference, diff, se, n - 1, p, diff - q * se, diff + q * se, (n, 0), False, (sd, 0.0))
-
-
-def _utae_spread(runs: Sequence[Run], student: str) -> List[Item]:
-    """Fig. 9: do UTAEs spread the attack's targets? Target entropy of the student's PGD-20 errors (a
-    per-run number: the test has the seed term only, the outcomes do not record the predicted class)."""
-    ferd = _ferd_rows(runs, student)
-    plain = _ferd_rows(runs, student, utae=False)
-    if not ferd or not plain:
-        return [f"- UTAEs (Fig. 9): no {'FERD' if not ferd else 'FERD without UTAEs (`utae=false`, Table 3)'} run for "
-                f"{student} in this setup."]
-
-    def entropies(group: Sequence[Run]) -> List[float]:
-        return [float(r.result["attacks"]["pgd20"]["target_entropy_norm"]) for r in group
-                if r.result["attacks"].get("pgd20", {}).get("target_entropy_norm") is not None]
-
-    question = "Do UTAEs spread the attack's targets (Fig. 9)?"
-    t = welch_test(entropies(ferd), entropies(plain), level=SIGNIFICANCE_LEVEL)
-    if t is None:
-        return [_too_few(ferd, plain, question)]
-    return [Claim(question, {"without": t}, "entropy", True, a_label="with UTAEs",
-                  detail="normalised target entropy of the student's PGD-20 errors, 1 = spread evenly")]
 
 
 def _render(items: List[Item]) -> List[str]:
@@ -239,6 +203,7 @@ def _render(items: List[Item]) -> List[str]:
 
 def claims_section(results: Folders) -> str:
     """Markdown: per setup and student, one answered sentence per claim of the paper."""
+    load_contributions()
     runs = load_runs(results)
     out: List[str] = ["**Claims.** Each claim of the paper, answered from the runs: every comparison is a Welch t-test "
                       "on the seed means with the test-image variance folded in (95% intervals of the difference; "
@@ -246,7 +211,8 @@ def claims_section(results: Folders) -> str:
                       "family, held at 5% by Holm (docs/reporting.md).", ""]
     any_setup = False
     for setup, setup_runs in group_by_setup(runs).items():
-        if not any(method_info(r.method).proposed for r in setup_runs):
+        proposed = table_order({r.method for r in setup_runs if method_info(r.method).proposed})
+        if not proposed:
             continue
         any_setup = True
         worst = "worst10" if get_dataset_spec(setup.dataset).num_classes >= 100 else "worst"
@@ -256,19 +222,20 @@ def claims_section(results: Folders) -> str:
             items.append(f"*{setup.dataset}, teacher `{setup.teacher}`, preset `{setup.preset}`, defaults "
                          f"v{setup.defaults_version}, student {student}:*")
             items.append("")
-            items += _head_to_head(setup_runs, blocks.get(student, []), student, worst)
-            items += _reweighting(setup_runs, student, setup.dataset)
-            items += _utae_spread(setup_runs, student)
+            for method in proposed:
+                items += _head_to_head(setup_runs, blocks.get(student, []), student, worst, method)
+                for own in CLAIMS.get(method, []):
+                    items += own(setup_runs, student, setup.dataset)
             items.append("")
         out += _render(items)
     if not any_setup:
-        out.append("No FERD runs under these folders.")
+        out.append("No runs of a proposed method under these folders.")
     return "\n".join(out) + "\n"
 
 
 def _method_table_blocks(runs: Sequence[Run]) -> Dict[str, List[BuiltRow]]:
     """The rows of the method table (1, 2 or 5) per student, built once from this setup's runs: which
-    baselines have runs (the claims compare FERD with each of them)."""
+    baselines have runs (the claims compare the proposed method with each of them)."""
     spec = TABLES.get(METHOD_TABLE_OF.get(runs[0].result["dataset"], "1"))
-    table = build_table_for(spec, runs[0].setup, list(runs), ATTACK_ORDER)
+    table = build_table_for(spec, runs[0].setup, list(runs), attack_order())
     return dict(table.blocks)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
+from ..method_info import remember_recorded
 from ..store import iter_results
 
 # --set keys that change how a run is evaluated or logged, not what the method does.
@@ -156,6 +157,8 @@ def load_runs(folders: Folders) -> List[Run]:
         if r.get("kind") != "run":
             continue
         run = Run(r)
+        if r.get("method_info"):
+            remember_recorded(run.method, r["method_info"])  # labels and order where its plugin is absent
         key = group_key(run) + (run.seed,)
         prev = latest.get(key)
         if prev is None or _created(r) >= _created(prev.result):

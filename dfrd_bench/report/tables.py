@@ -8,35 +8,28 @@ averages seeds, marks best/second per column and attaches the published numbers 
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..errors import DfrdError
-from ..attacks import ATTACK_ORDER
+from ..attacks import ATTACK_LABELS, attack_order
 from ..data.specs import get_dataset_spec
 from ..method import method_info, table_order
 from ..inference import ALPHA, RunEval, Test, compare as compare_groups, holm, interval
 from ..metrics import bootstrap_worst
 from ..provenance import describe_provenance
 from ..registry import Registry
+from .contrib import load_contributions, load_published as contrib_published
 from .collect import (Folders, HIGHER_IS_BETTER, Cell, Run, Setup, describe_sources, group_by_setup, load_model_evals,
                       load_runs, matches, teacher_attacks)
 
-PUBLISHED_PATH = Path(__file__).with_name("published_ferd.json")
-ATTACK_LABELS = {"clean": "Clean", "fgsm": "FGSM", "pgd20": "PGD-20", "cw": "CW-inf", "aa": "AA"}
 METRIC_LABELS = {"avg": "Avg", "worst": "Worst", "worst10": "Worst-10%", "nsd": "NSD"}
 # Method rows, labels and order come from each method's MethodInfo (dfrd_bench.method): a plugin's
 # method appears in the method tables (1, 2, 5), Table 8 (with rslad_stage) and every figure as soon
-# as it has runs, with no edit here.
+# as it has runs, with no edit here. Tables of one method's own (ablations, its settings) are
+# declared by its plugin's report module (dfrd_bench/report/contrib.py).
 SIGNIFICANCE_LEVEL = 1 - ALPHA   # of every mark and claim (dfrd_bench.inference)
-# What makes a FERD run the method the paper's numbers came from (docs/methods/ferd.md): UTAEs on the
-# student and crop+flip student batches (also FERD's MethodInfo.row_settings, which its rows in Tables 1,
-# 2 and 5 read; tests/test_plugins.py checks the two agree). Runs made with the printed Eq. 10 (UTAEs on the teacher:
-# variant paper-literal, and the suite's default before issue 9) or before the augmentation existed
-# (a diagnostic `utae_on=student` run of the first benchmark) never fill a FERD row of the paper's tables.
-FERD_READING = {"utae_on": "student", "student_augment": True}
 
 
 class TableError(DfrdError, ValueError):
@@ -58,7 +51,7 @@ class TableSpec:
     number: str
     caption: str
     dataset: Optional[str]                    # None: any dataset, one table per setup
-    attacks: Tuple[str, ...]
+    attacks: Optional[Tuple[str, ...]]        # None: every registered attack (dfrd_bench.attacks), in order
     metrics: Tuple[str, ...]                  # 'worst' becomes worst-10% on datasets with >= 100 classes
     rows: Union[Tuple[RowSpec, ...], Callable[[List[Run]], Tuple[RowSpec, ...]]]
     per_student: bool = True                  # one block of rows per student architecture
@@ -69,6 +62,7 @@ class TableSpec:
     compare: bool = False
     # ablation tables: with --ci every other row is tested against the row with this id (the full method)
     test_against: Optional[str] = None
+    in_all: bool = True                       # drawn by `--table all` (the paper's tables)
 
 
 TABLES: Registry[TableSpec] = Registry("table")
@@ -83,6 +77,7 @@ def method_label(method: str) -> str:
 def _paper_methods(number: str) -> Tuple[str, ...]:
     """The methods with a row in the paper's table `number` (ids '<student>/<method>[+rslad]' in the
     published-numbers file): they keep their row, dashed, when not run."""
+    load_contributions()
     rows = load_published().get("tables", {}).get(number, {}).get("rows", {})
     return tuple(dict.fromkeys(rid.split("/")[-1].split("+")[0] for rid in rows))
 
@@ -95,10 +90,6 @@ def _method_rows(number: str) -> Callable[[List[Run]], Tuple[RowSpec, ...]]:
         return tuple(RowSpec(m, method_label(m), m, dict(method_info(m).row_settings)) for m in names)
 
     return rows
-
-
-def _ferd(**config: Any) -> Dict[str, Any]:
-    return {**FERD_READING, **config}
 
 
 def _variant_rows(runs: List[Run]) -> Tuple[RowSpec, ...]:
@@ -130,48 +121,43 @@ def _rslad_rows(runs: List[Run]) -> Tuple[RowSpec, ...]:
     return tuple(rows)
 
 
-def _layer_rows(runs: List[Run]) -> Tuple[RowSpec, ...]:
-    """Table 9: one row per FERD layer l found (the paper: block1..3 of a WRN; '' = the last block)."""
-    layers = sorted({str(r.config.get("layer", "")) for r in runs if r.method == "ferd"}) or ["block1", "block2", "block3"]
-    return tuple(RowSpec(layer or "block3", layer or "last block (default)", "ferd", _ferd(layer=layer)) for layer in layers)
-
-
-_ALL = ATTACK_ORDER
+_ALL = None   # every registered attack, a plugin's included (attack_order() when the table is built)
 _AWN = ("avg", "worst", "nsd")
 for _spec in (
     TableSpec("1", "Avg, Worst and NSD of each method's student on CIFAR-10", "cifar10", _ALL, _AWN, _method_rows("1"),
               compare=True),
     TableSpec("2", "Avg, Worst-10% and NSD of each method's student on CIFAR-100", "cifar100", _ALL, _AWN, _method_rows("2"),
               compare=True),
-    TableSpec("3", "Ablation of FERD's components", None, ("clean", "pgd20"), ("avg", "worst"), (
-        RowSpec("ferd", "FERD", "ferd", _ferd(reweight=True, fae=True, utae=True)),
-        RowSpec("no-reweight", "w/o reweighting", "ferd", _ferd(reweight=False, fae=True, utae=True)),
-        RowSpec("no-fae", "w/o FAEs", "ferd", _ferd(reweight=True, fae=False, utae=True)),
-        RowSpec("no-utae", "w/o UTAEs", "ferd", _ferd(reweight=True, fae=True, utae=False)),
-        RowSpec("no-fae-utae", "w/o FAEs, UTAEs", "ferd", _ferd(reweight=True, fae=False, utae=False)),
-    ), test_against="ferd"),
     TableSpec("5", "Avg, Worst-10% and NSD on Tiny-ImageNet", "tinyimagenet", _ALL, _AWN,
               _method_rows("5"), published_by_student=False, compare=True),
-    TableSpec("6", "FERD's reweighting strategies", None, ("clean", "fgsm", "pgd20"), _AWN, tuple(
-        RowSpec(s, label, "ferd", _ferd(reweight_strategy=s)) for s, label in (
-            ("power", "power"), ("sigmoid", "sigmoid"), ("linear", "linear"), ("tanh", "tanh"),
-            ("margin-softmax", "FERD (margin softmax)")))),
-    TableSpec("7", "FERD's generator loss weights (lambda_adv-bn-oh-uni)", None, _ALL, _AWN, tuple(
-        RowSpec(f"{a}-{b}-{o}-{u}", f"{a}-{b}-{o}-{u}", "ferd",
-                _ferd(lambda_adv=float(a), lambda_bn=float(b), lambda_oh=float(o), lambda_uni=float(u)))
-        for a, b, o, u in ((1, 1, 1, 1), (5, 1, 1, 1), (1, 5, 1, 1), (1, 1, 5, 1), (1, 1, 1, 5), (1, 3, 1, 3),
-                           (1, 5, 1, 5), (1, 7, 1, 7), (1, 9, 1, 9)))),
     TableSpec("8", "DFKD and the same method made robust with RSLAD (change in parentheses)", None, _ALL, ("avg",),
               _rslad_rows, mark_best=False),
-    TableSpec("9", "FERD's intermediate layer l", None, ("clean", "fgsm", "pgd20"), ("avg", "worst"), _layer_rows),
     # not a paper table: every method / variant / --set combination found, side by side
     TableSpec("variants", "Each method, variant and changed setting found in the results", None, _ALL, _AWN,
-              _variant_rows, published_by_student=False),
+              _variant_rows, published_by_student=False, in_all=False),
 ):
     TABLES.register(_spec.number, help=_spec.caption)(_spec)
-TABLE_NUMBERS = ("1", "2", "3", "4", "5", "6", "7", "8", "9")
+TEACHER_TABLE = "4"   # drawn from the teachers' evaluations, not from a TableSpec
 METHOD_TABLE_OF = {"cifar10": "1", "cifar100": "2", "tinyimagenet": "5"}   # the method comparison per dataset
 EXTRA_TABLES = ("variants", "runs", "claims")  # not among the paper's tables (and not in `all`)
+
+
+def _table_key(name: str) -> Tuple[int, Union[int, str]]:
+    return (0, int(name)) if name.isdigit() else (1, name)
+
+
+def table_numbers() -> Tuple[str, ...]:
+    """The tables `--table all` draws: Table 4 and every registered table with `in_all` (the core's and
+    those plugins contribute), numbers in numeric order, then named ones."""
+    load_contributions()
+    names = [TEACHER_TABLE] + [n for n in TABLES.names() if TABLES.get(n).in_all]
+    return tuple(sorted(dict.fromkeys(names), key=_table_key))
+
+
+def known_tables() -> Tuple[str, ...]:
+    """Every table name `--table` accepts besides `all`."""
+    load_contributions()
+    return tuple(sorted(dict.fromkeys([TEACHER_TABLE, *TABLES.names(), *EXTRA_TABLES]), key=_table_key))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,11 +203,10 @@ class BuiltTable:
         return sum(1 for _, rows in self.blocks for r in rows for c in self.columns if r.cells[c].mean is None and r.seeds)
 
 
-def load_published(path: Union[str, Path] = PUBLISHED_PATH) -> Dict[str, Any]:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise TableError(f"cannot read the published numbers {path}: {exc}") from None
+def load_published(path: Union[str, Path, None] = None) -> Dict[str, Any]:
+    """The published numbers the plugins registered (contrib.register_published), or one file's."""
+    load_contributions()
+    return contrib_published([path] if path else [])
 
 
 def student_family(arch: str) -> str:
@@ -235,14 +220,16 @@ def _worst_key(dataset: str) -> str:
 
 def _columns(spec: TableSpec, dataset: str, attacks: Sequence[str]) -> List[Tuple[str, str]]:
     metrics = [(_worst_key(dataset) if m == "worst" else m) for m in spec.metrics]
-    return [(a, m) for a in spec.attacks if a in attacks for m in metrics]
+    return [(a, m) for a in (spec.attacks or attack_order()) if a in attacks for m in metrics]
 
 
-def build_tables(number: str, results: Folders, attacks: Sequence[str] = _ALL, paper: bool = False,
+def build_tables(number: str, results: Folders, attacks: Optional[Sequence[str]] = None, paper: bool = False,
                  ci: bool = False, published: Optional[Dict[str, Any]] = None) -> List[BuiltTable]:
     """The tables for paper table `number` from the results under `results` (one per setup found)."""
-    if number == "4":
+    attacks = attack_order() if attacks is None else attacks
+    if number == TEACHER_TABLE:
         return [_build_teacher_table(results, attacks, paper, published)]
+    load_contributions()
     spec = TABLES.get(number)
     published = (published or load_published()) if paper else None
     runs = load_runs(results)
@@ -503,7 +490,7 @@ def _build_teacher_table(results, attacks, paper, published) -> BuiltTable:
     published = (published or load_published()) if paper else None
     runs = load_runs(results)
     evals = load_model_evals(results)
-    columns = [(a, "avg") for a in _ALL if a in attacks]
+    columns = [(a, "avg") for a in attack_order() if a in attacks]
     teachers = {}
     for r in runs:
         s = r.setup

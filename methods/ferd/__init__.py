@@ -251,6 +251,9 @@ class FERD(Method):
         "quick": {"*": {"ib_steps": 10, "reweight_pgd_steps": 10, "utae_steps": 5, "utae_step": 8 / 255 / 4}},
         "smoke": {"*": {"ib_steps": 2, "reweight_pgd_steps": 2, "utae_steps": 2}},
     }
+    report_module = "methods.ferd.report"  # Tables 3, 6, 7, 9, Figs. 4-5, claims, published numbers
+    # what a result or checkpoint from before these settings existed ran with: the v2 reading
+    settings_added = {"ib_noise": "per-channel", "ib_penalty": "sum", "ib_layer": "block", "gen_init": "default"}
     defaults_version = 3  # issue 29: the bottleneck as IFP.py runs it; released's generator initialisation
     data_parallel = True  # generator, IB noise scale and class statistics are kept the same on every process
     variants = {
