@@ -527,11 +527,52 @@ def _remove(path: Path) -> bool:
     return True
 
 
+@dataclass
+class _Run:
+    """One run in progress: what the phases of `_run_locked` hand each other."""
+    req: RunRequest
+    cfg: Config
+    method_cls: type
+    run_dir: Path
+    device: torch.device
+    world: World
+    log: Callable[[str], None]
+    ctx: MethodContext
+    method: Method
+    test: Any                                   # the test split (evaluated at the end)
+    probe: torch.Tensor                         # a few test images: the student's outputs on them stay finite
+    opt: torch.optim.Optimizer
+    batch_rng: torch.Generator
+    identity: Dict[str, Any]
+    history: List[Dict[str, Any]] = field(default_factory=list)
+    sessions: List[Dict[str, Any]] = field(default_factory=list)  # provenance of the start and of each resume
+    start_epoch: int = 0
+    # wall-clock and process CPU seconds (all threads): CPU time is what a run costs whatever else runs
+    # on the machine, wall time is what its user waits
+    train_seconds: float = 0.0
+    train_cpu: Optional[float] = 0.0
+    last_samples: Optional[Samples] = None
+
+    @property
+    def state_path(self) -> Path:
+        return self.run_dir / STATE_FILE
+
+
 def _run_locked(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, device: torch.device, attacks: str,
                 log: Callable[[str], None], after_epoch: Optional[Callable[[int], None]],
                 world: Optional[World] = None) -> Dict[str, Any]:
-    world = world or World()
-    spec = get_dataset_spec(req.dataset)
+    """The phases of a run, in order: prepare (build and check everything that can fail), resume or
+    start, train (epochs with their checkpoints), finish (save, evaluate, write the result)."""
+    run = _prepare(req, cfg, method_cls, run_dir, device, log, world or World())
+    _resume_or_start(run)
+    _train(run, after_epoch)
+    return _finish(run, attacks)
+
+
+def _prepare(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, device: torch.device,
+             log: Callable[[str], None], world: World) -> _Run:
+    """Check the run folder, then load everything that can fail before any training: teacher, student,
+    test data, the method's set-up (rank 0 first: a download or a cache write happens once)."""
     state_path, result_path = run_dir / STATE_FILE, run_dir / RESULT_FILE
     if result_path.exists():
         raise RunError(f"{run_dir} already holds a finished result; pass another --out or remove it")
@@ -539,92 +580,111 @@ def _run_locked(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, d
         raise RunError(f"{run_dir} holds an unfinished run: pass --resume to continue it, or another --out")
     if req.resume and not state_path.exists():
         log(f"no checkpoint in {run_dir}: starting fresh")
-
     # Everything is built under rank 0's seed, so that teacher (a random: one too), student and
     # method start the same on every rank of a data-parallel run.
     rng = seed_everything(req.seed, 0)
-    # Load everything that can fail before any training: teacher, student, test data (rank 0 first:
-    # a download or a cache write happens once).
     ctx = make_context(cfg, req.dataset, device, rng, model_dir=req.model_dir, world=world)
-    teacher, student, pool = ctx.teacher, ctx.student, ctx.pool
     test = world.main_first(lambda: load_split(req.dataset, "test", req.source, req.data_root))
-    probe = probe_images(test)  # a few test images: the student's outputs on them must stay finite
+    probe = probe_images(test)
     method = method_cls()
     check_teacher(method, ctx.teacher, cfg)
     method.setup(ctx)
     batch_rng = _rank_streams(ctx, req.seed)
-    opt = create_optimizer(cfg.student_optimizer, student.parameters(), cfg)
-    history: List[Dict[str, Any]] = []
-    sessions: List[Dict[str, Any]] = []  # provenance of the start and of each resume (kept in the state)
-    # wall-clock and process CPU seconds (all threads): CPU time is what a run costs whatever else
-    # runs on the machine, wall time is what its user waits
-    start_epoch, train_seconds, train_cpu = 0, 0.0, 0.0
-    identity = {"method": req.method, "seed": req.seed, "teacher_weights_sha256": weights_sha256(teacher),
+    opt = create_optimizer(cfg.student_optimizer, ctx.student.parameters(), cfg)
+    identity = {"method": req.method, "seed": req.seed, "teacher_weights_sha256": weights_sha256(ctx.teacher),
                 "test_data_sha256": test.source.get("sha256"),
                 # what `precision` resolved to here (auto: bf16 on CUDA, fp32 elsewhere) and on which kind of
                 # device: a run is not continued in another precision
                 "training_precision": ctx.accel.precision, "device_type": device.type}
     ctx.accel.warn = log  # a failed compilation's one warning goes to the run's log
     world.check_same("the teacher, test data, student or method state at the start",
-                     {"identity": identity, "student": student.net.state_dict(), "method": method.state_dict()})
-    if req.resume and state_path.exists():
-        history, start_epoch, train_seconds, train_cpu, sessions = _resume(state_path, cfg, identity, ctx, opt,
-                                                                           method, batch_rng, log)
-        log(f"resumed {run_dir} at epoch {start_epoch}/{cfg.epochs}")
-    elif world.on_main(lambda: _remove(run_dir / EVAL_PROGRESS_FILE)):  # the evaluation of an earlier student
-        log(f"removed {run_dir / EVAL_PROGRESS_FILE}: it belongs to an earlier student")
-    sessions = sessions + [session_record("resume" if start_epoch else "start", device, epoch=start_epoch,
-                                          world_size=world.size)]
-    if start_epoch and start_epoch >= cfg.epochs:  # only the evaluation is left: no epoch end will keep this session
-        world.on_main(lambda: _keep_sessions(state_path, sessions))
-    log(f"{req.method} on {req.dataset} [{req.preset}]: teacher {cfg.teacher}, student {cfg.student} "
-        f"({count_parameters(student) / 1e6:.2f}M), {cfg.epochs} epochs -> {run_dir}"
-        + (f", data-parallel over {world.size} processes" if world.parallel else ""))
+                     {"identity": identity, "student": ctx.student.net.state_dict(), "method": method.state_dict()})
+    return _Run(req, cfg, method_cls, run_dir, device, world, log, ctx, method, test, probe, opt, batch_rng, identity)
 
-    if ctx.accel.compile_attacks:
+
+def _resume_or_start(run: _Run) -> None:
+    """Continue from the run folder's checkpoint (--resume), or start: then an evaluation left by an
+    earlier student is removed. Either way this session joins the run's provenance."""
+    req, cfg, world, log = run.req, run.cfg, run.world, run.log
+    if req.resume and run.state_path.exists():
+        run.history, run.start_epoch, run.train_seconds, run.train_cpu, run.sessions = _resume(
+            run.state_path, cfg, run.identity, run.ctx, run.opt, run.method, run.batch_rng, log)
+        log(f"resumed {run.run_dir} at epoch {run.start_epoch}/{cfg.epochs}")
+    elif world.on_main(lambda: _remove(run.run_dir / EVAL_PROGRESS_FILE)):  # the evaluation of an earlier student
+        log(f"removed {run.run_dir / EVAL_PROGRESS_FILE}: it belongs to an earlier student")
+    run.sessions = run.sessions + [session_record("resume" if run.start_epoch else "start", run.device,
+                                                  epoch=run.start_epoch, world_size=world.size)]
+    if run.start_epoch and run.start_epoch >= cfg.epochs:  # only the evaluation is left: no epoch end will keep this session
+        world.on_main(lambda: _keep_sessions(run.state_path, run.sessions))
+    student = run.ctx.student
+    log(f"{req.method} on {req.dataset} [{req.preset}]: teacher {cfg.teacher}, student {cfg.student} "
+        f"({count_parameters(student) / 1e6:.2f}M), {cfg.epochs} epochs -> {run.run_dir}"
+        + (f", data-parallel over {world.size} processes" if world.parallel else ""))
+    if run.ctx.accel.compile_attacks:
         log("compile: attack passes are compiled on first use (tens of seconds per model on a CPU)")
-    last_samples, recent = None, []
+
+
+def _train(run: _Run, after_epoch: Optional[Callable[[int], None]]) -> None:
+    """Every epoch left: the epoch, its log line (and TensorBoard), its checkpoint."""
+    cfg = run.cfg
+    spec = get_dataset_spec(run.req.dataset)
+    recent: List[Dict[str, Any]] = []
     # TensorBoard (--tensorboard): written by the main process only, closed (flushed) even on a failure
-    board = open_tensorboard(req.tensorboard, run_dir.name, spec.class_names or
-                             [str(c) for c in range(spec.num_classes)]) if world.is_main else None
+    board = open_tensorboard(run.req.tensorboard, run.run_dir.name, spec.class_names or
+                             [str(c) for c in range(spec.num_classes)]) if run.world.is_main else None
     try:
-        for epoch in range(start_epoch, cfg.epochs):
+        for epoch in range(run.start_epoch, cfg.epochs):
             t0, cpu0 = time.time(), time.process_time()
-            ctx.epoch = epoch
-            with ctx.accel.autocast():
-                samples = method.generate(ctx)
-            samples = _gather_samples(samples, world)
-            world.average_buffers(student)  # a method may run the student in train mode while generating (ZSKT)
-            pool.add(samples.x, samples.y)
-            last_samples = samples
-            record: Dict[str, Any] = {"epoch": epoch + 1, "pool": len(pool)}
-            record.update({f"gen/{k}": _to_float(v) for k, v in samples.logs.items()})
-            if epoch >= cfg.warmup_epochs:
-                record.update(_student_stage(method, ctx, opt, cfg, batch_rng, req.method))
-            if teacher.training or any(p.requires_grad for p in teacher.parameters()):
-                raise RunError(f"{req.method} left the teacher in train mode or unfrozen: teachers stay frozen in eval mode")
-            record.update({k: _to_float(v) for k, v in method.end_epoch(ctx).items()})
-            _check_epoch(ctx, record, probe, req.method, epoch + 1)
+            record, samples = _epoch(run, epoch)
             record["seconds"] = round(time.time() - t0, 2)
-            train_seconds += time.time() - t0
-            train_cpu = None if train_cpu is None else train_cpu + time.process_time() - cpu0
+            run.train_seconds += time.time() - t0
+            run.train_cpu = None if run.train_cpu is None else run.train_cpu + time.process_time() - cpu0
             recent.append(record)
             if (epoch + 1) % cfg.log_every_epochs == 0 or epoch + 1 == cfg.epochs:
-                history.append(record)
+                run.history.append(record)
                 eta = training_eta(recent[-5:], cfg.epochs - epoch - 1)  # logged, not kept: it is a forecast
-                log(epoch_line(record, cfg.epochs, eta))
+                run.log(epoch_line(record, cfg.epochs, eta))
                 if board is not None:
                     board.record(record)
                     board.samples(samples.x, samples.y, epoch + 1)
             if (epoch + 1) % cfg.checkpoint_every_epochs == 0 or epoch + 1 == cfg.epochs:
-                _checkpoint(state_path, ctx, opt, method, batch_rng, cfg, history, epoch + 1, identity, train_seconds,
-                            train_cpu, sessions)
+                _checkpoint(run.state_path, run.ctx, run.opt, run.method, run.batch_rng, cfg, run.history, epoch + 1,
+                            run.identity, run.train_seconds, run.train_cpu, run.sessions)
             if after_epoch is not None:
                 after_epoch(epoch + 1)
     finally:
         if board is not None:
             board.close()
 
+
+def _epoch(run: _Run, epoch: int) -> Tuple[Dict[str, Any], Samples]:
+    """One epoch: the generation stage (samples into the pool), the distillation stage after the
+    warm-up, the method's end of epoch, and the checks that the teacher stayed frozen and the student finite."""
+    ctx, cfg, method, req = run.ctx, run.cfg, run.method, run.req
+    ctx.epoch = epoch
+    with ctx.accel.autocast():
+        samples = method.generate(ctx)
+    samples = _gather_samples(samples, run.world)
+    run.world.average_buffers(ctx.student)  # a method may run the student in train mode while generating
+    ctx.pool.add(samples.x, samples.y)
+    run.last_samples = samples
+    record: Dict[str, Any] = {"epoch": epoch + 1, "pool": len(ctx.pool)}
+    record.update({f"gen/{k}": _to_float(v) for k, v in samples.logs.items()})
+    if epoch >= cfg.warmup_epochs:
+        record.update(_student_stage(method, ctx, run.opt, cfg, run.batch_rng, req.method))
+    teacher = ctx.teacher
+    if teacher.training or any(p.requires_grad for p in teacher.parameters()):
+        raise RunError(f"{req.method} left the teacher in train mode or unfrozen: teachers stay frozen in eval mode")
+    record.update({k: _to_float(v) for k, v in method.end_epoch(ctx).items()})
+    _check_epoch(ctx, record, run.probe, req.method, epoch + 1)
+    return record, samples
+
+
+def _finish(run: _Run, attacks: str) -> Dict[str, Any]:
+    """Save the student and the last synthetic batch, evaluate the student, write the result (rank 0)."""
+    req, cfg, world, ctx = run.req, run.cfg, run.world, run.ctx
+    spec = get_dataset_spec(req.dataset)
+    student, teacher, run_dir = ctx.student, ctx.teacher, run.run_dir
     student.eval()
     student_path = run_dir / "student.pt"
 
@@ -632,18 +692,18 @@ def _run_locked(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, d
         save_model(student, student_path, req.dataset, spec.image_size,
                    meta={"method": req.method, "config": json.loads(json.dumps(cfg.to_dict(), default=str)),
                          "seed": req.seed})
-        if last_samples is not None:
-            _save_grid(last_samples.x, last_samples.y, run_dir / "samples.png")
+        if run.last_samples is not None:
+            _save_grid(run.last_samples.x, run.last_samples.y, run_dir / "samples.png")
 
     world.on_main(save_outputs)
 
     t_eval, cpu_eval = time.time(), time.process_time()
     settings = AttackSettings(eps=cfg.eps, seed=req.seed, batch_size=cfg.eval_batch_size,
                               channels_last=cfg.channels_last)
-    data = test.subset(cfg.eval_limit, seed=req.seed)
+    data = run.test.subset(cfg.eval_limit, seed=req.seed)
     limits = {"aa": cfg.aa_limit} if cfg.aa_limit and cfg.aa_limit < len(data) else {}
-    evaluated = evaluate(student, data, attacks.split(","), settings, device=str(device),
-                         batch_size=cfg.eval_batch_size, attack_limits=limits, log=log,
+    evaluated = evaluate(student, data, attacks.split(","), settings, device=str(run.device),
+                         batch_size=cfg.eval_batch_size, attack_limits=limits, log=run.log,
                          progress_path=run_dir / EVAL_PROGRESS_FILE,
                          shard=EvalShard(world) if world.parallel else None)
 
@@ -665,21 +725,21 @@ def _run_locked(req: RunRequest, cfg: Config, method_cls: type, run_dir: Path, d
                          "world_size": world.size},
             "config": json.loads(json.dumps(cfg.to_dict(), default=str)),
             "student_steps": student_steps(cfg),
-            "method_info": info_as_dict(method_cls.info),  # tables render it where the plugin is not installed
-            "defaults_version": run_defaults_version(method_cls),
+            "method_info": info_as_dict(run.method_cls.info),  # tables render it where the plugin is not installed
+            "defaults_version": run_defaults_version(run.method_cls),
             "core_defaults_version": DEFAULTS_VERSION,
             "overrides": {k: v for k, v in req.overrides.items()},
-            "history": history,
-            "wall_seconds": {"train": round(train_seconds, 1), "eval": round(time.time() - t_eval, 1)},
+            "history": run.history,
+            "wall_seconds": {"train": round(run.train_seconds, 1), "eval": round(time.time() - t_eval, 1)},
             # this process's CPU time (all its threads); per process in a data-parallel run
-            "cpu_seconds": {"train": None if train_cpu is None else round(train_cpu, 1),
+            "cpu_seconds": {"train": None if run.train_cpu is None else round(run.train_cpu, 1),
                             "eval": round(time.process_time() - cpu_eval, 1)},
             "speed": ctx.accel.describe(),
             "run_dir": str(run_dir),
             # `sessions`: the provenance of the start and of every resume (what produced each part of the run)
-            "provenance": {**provenance(device), "world_size": world.size, "sessions": sessions},
+            "provenance": {**provenance(run.device), "world_size": world.size, "sessions": run.sessions},
         }
-        write_result(result, result_path)
+        write_result(result, run_dir / RESULT_FILE)
         (run_dir / EVAL_PROGRESS_FILE).unlink(missing_ok=True)  # only now: a kill before the write loses no attack
         return result
 
