@@ -152,6 +152,7 @@ class CMI(RobustKDMethod):
     }
     runner_defaults = {"student_augment": True}  # CMI's (Fast-Datafree's) KD loop crops and flips every pool batch
     data_parallel = True  # generator, head and memory bank kept the same on every process
+    choices = {"cmi_features": FEATURE_SOURCES, "gen_init": GENERATOR_INITS}  # checked when settings resolve
     presets = {
         "quick": {"*": {"bank_size": 4096, "n_neg": 512, "rslad_steps": 5}},
         "smoke": {"*": {"bank_size": 12, "n_neg": 8, "rslad_steps": 2}},
@@ -164,10 +165,6 @@ class CMI(RobustKDMethod):
 
     def setup(self, ctx: MethodContext) -> None:
         cfg = ctx.cfg
-        if cfg.cmi_features not in FEATURE_SOURCES:
-            raise ConfigError(f"cmi_features must be one of {', '.join(FEATURE_SOURCES)}")
-        if cfg.gen_init not in GENERATOR_INITS:
-            raise ConfigError(f"gen_init must be one of {', '.join(GENERATOR_INITS)}")
         if not 0 < cfg.local_scale_min <= 1:
             raise ConfigError("local_scale_min must lie in (0, 1]")
         if cfg.bank_size < 1 or cfg.n_neg < 0:

@@ -178,6 +178,7 @@ class DeepInversion(RobustKDMethod):
     }
     data_parallel = True  # pixels are per sample: nothing is shared between processes
     runner_defaults = {"student_augment": True}  # the KD loop the FERD paper ran DeepInv in (Fast-Datafree's) crops and flips every pool batch
+    choices = {"select": ("best", "last"), "pixel_space": PIXEL_SPACES, "compete_loss": COMPETE_LOSSES}
     presets = {
         # the budget policy (docs/methods.md): each method synthesises with its own authors' settings,
         # here Fast-Datafree's scripts/deepinv_cifar.sh (`--g_steps 1000`, the loss weights we copy);
@@ -205,12 +206,6 @@ class DeepInversion(RobustKDMethod):
 
     def setup(self, ctx: MethodContext) -> None:
         cfg = ctx.cfg
-        if cfg.select not in ("best", "last"):
-            raise ConfigError("select must be best or last")
-        if cfg.pixel_space not in PIXEL_SPACES:
-            raise ConfigError(f"pixel_space must be one of {', '.join(PIXEL_SPACES)}")
-        if cfg.compete_loss not in COMPETE_LOSSES:
-            raise ConfigError(f"compete_loss must be one of {', '.join(COMPETE_LOSSES)}")
         if cfg.jitter < 0 or cfg.jitter >= ctx.image_size:
             raise ConfigError(f"jitter must be in [0, {ctx.image_size}) pixels")
         spec = get_dataset_spec(cfg.dataset)

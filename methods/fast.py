@@ -125,6 +125,7 @@ class Fast(RobustKDMethod):
     }
     runner_defaults = {"student_augment": True}  # Fast-Datafree's KD loop crops and flips every pool batch
     data_parallel = True  # meta generator, clone and BN-momentum statistics kept the same on every process
+    choices = {"meta": META_UPDATES, "bn_momentum_update": MOMENTUM_UPDATES}  # checked when settings resolve
     presets = {
         # Fast-10 with the authors' 20 warm-up epochs (generation only) in front of the suite's 220
         # student epochs (budget policy, docs/methods.md; the authors' 220 include the warm-up)
@@ -152,10 +153,6 @@ class Fast(RobustKDMethod):
 
     def setup(self, ctx: MethodContext) -> None:
         cfg = ctx.cfg
-        if cfg.meta not in META_UPDATES:
-            raise ConfigError(f"meta must be one of {', '.join(META_UPDATES)}")
-        if cfg.bn_momentum_update not in MOMENTUM_UPDATES:
-            raise ConfigError(f"bn_momentum_update must be one of {', '.join(MOMENTUM_UPDATES)}")
         if not 0 <= cfg.bn_momentum < 1:
             raise ConfigError("bn_momentum must lie in [0, 1)")
         if cfg.gen_iters < 1:

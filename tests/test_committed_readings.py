@@ -4,7 +4,7 @@ Tables and figures are never typed: results/standard/render.sh writes them from 
 tests render again the ones drawn by a plugin's report module (FERD's Tables 3, 6, 7, 9 and Figs. 4, 5,
 dfrd_bench/report/contrib.py) and the claims section, and compare with the committed files, so a change
 of the report layer that moves one byte, or results committed without their readings, fails here.
-(Slow: they read every committed run; `results/standard/render.sh` refreshes the files.)
+(They read every committed run, in about 6 s; `results/standard/render.sh` refreshes the files.)
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from dfrd_bench.utils import read_between_markers
 ROOT = Path(__file__).resolve().parents[1]
 STANDARD = ROOT / "results" / "standard"
 
-pytestmark = [pytest.mark.slow,
+pytestmark = [
               pytest.mark.skipif(not (STANDARD / "runs").is_dir(), reason="no committed results/standard/runs")]
 
 
