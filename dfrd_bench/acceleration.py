@@ -52,10 +52,24 @@ def compile_wanted(cfg: Mapping[str, Any]) -> bool:
     return mode == "on"
 
 
+@functools.lru_cache(maxsize=None)
+def cpu_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (the avx512_bf16 or AMX-bf16 instructions, read from
+    /proc/cpuinfo; False where that cannot be read): only there is bf16 training faster than fp32."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def autocast_dtype(cfg: Mapping[str, Any], device: torch.device) -> Optional[torch.dtype]:
-    """bf16 where cfg['precision'] asks for it (auto: on CUDA only), else None (fp32)."""
+    """bf16 where cfg['precision'] asks for it (auto: on CUDA; on a CPU with native bf16 where
+    cfg['cpu_auto_precision'] is 'bf16-if-native'), else None (fp32)."""
     precision = cfg["precision"]
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+    cpu_auto = (device.type == "cpu" and cfg.get("cpu_auto_precision", "fp32") == "bf16-if-native"
+                and cpu_native_bf16())
+    if precision == "bf16" or (precision == "auto" and (device.type == "cuda" or cpu_auto)):
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise ConfigError("this GPU has no bf16: pass --set precision=fp32")
         return torch.bfloat16

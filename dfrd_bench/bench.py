@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
-from .acceleration import fp32_region, ieee_fp32
+from .acceleration import cpu_native_bf16, fp32_region, ieee_fp32
 from .attacks import AttackSettings, kl_objective
 from .config import resolve_config
 from .data import ImageSet
@@ -210,7 +210,9 @@ def bench(req: BenchRequest, log: Callable[[str], None] = print) -> Dict[str, An
     method.setup(ctx)
     sync = _sync_for(device)
     log(f"bench {req.method} [{req.preset}] teacher {req.teacher}, student {req.student}, batch {req.batch_size}, "
-        f"{device}, {torch.get_num_threads()} threads, {ctx.accel.describe()}")
+        f"{device}, {torch.get_num_threads()} threads"
+        + (f" (native bf16: {'yes' if cpu_native_bf16() else 'no'})" if device.type == "cpu" else "")
+        + f", {ctx.accel.describe()}")
 
     stages: Dict[str, Dict[str, Any]] = {}
 

@@ -39,6 +39,7 @@ DEFAULT_EPS = 8 / 255
 DEFAULT_EPS_TEXT = "8/255"
 COMPILE_MODES = ("auto", "on", "off")
 PRECISIONS = ("auto", "fp32", "bf16")
+CPU_AUTO_PRECISIONS = ("fp32", "bf16-if-native")
 # Bumped whenever a default that results depend on changes (a method's reading, an augmentation, a
 # preset); every run result records it and tables never put two versions in one setup.
 #   1: before issue 9 (FERD's UTAEs on the teacher, no student-stage augmentation, NVlabs DeepInv, ...)
@@ -89,9 +90,12 @@ RUNNER_DEFAULTS: Dict[str, Any] = {
     # torch.compile the frozen-model attack passes: auto = on for runs of >= 4,000 student steps
     # (compile time is paid back), off below (quick, smoke, tests); on | off (dfrd_bench/acceleration.py)
     "compile": "auto",
-    # training-time precision: auto = bf16 autocast on CUDA, fp32 elsewhere; fp32 | bf16. The final
-    # evaluation is always fp32.
+    # training-time precision: auto = bf16 autocast on CUDA, on a CPU what `cpu_auto_precision` says;
+    # fp32 | bf16. The final evaluation is always fp32.
     "precision": "auto",
+    # what precision=auto trains in on a CPU: fp32, or bf16 where the CPU computes bf16 natively
+    # (avx512_bf16 / AMX; acceleration.cpu_native_bf16) and fp32 elsewhere (issue 31)
+    "cpu_auto_precision": "fp32",
     "eval_limit": None,        # stratified test subset for clean/FGSM/PGD/CW (None = full split)
     "aa_limit": None,          # stratified test subset for AutoAttack
     "eval_batch_size": 256,
@@ -105,12 +109,18 @@ class ConfigError(DfrdError, ValueError):
     pass
 
 
+PRESET_VERSIONS: Dict[str, int] = {}      # preset -> its own defaults version (register_preset)
+PRESET_CPU_MINUTES: Dict[str, str] = {}   # preset -> what a run takes on the 2-core reference CPU
+
+
 def register_preset(name: str, layers: Optional[Mapping[str, Mapping[str, Any]]] = None, parent: Optional[str] = None,
-                    help: str = "") -> None:
+                    help: str = "", version: int = 0, cpu_minutes: Optional[str] = None) -> None:
     """Register the preset `name` (`--preset NAME`): `layers` = {'*' or a dataset: runner settings} go on
     top of the runner defaults (and on top of `parent`'s layers when it builds on another preset). A
     method gives its own layers for the preset in `Method.presets[name]`, as for the built-ins. A plugin
-    calls this at import time; a name already registered is refused."""
+    calls this at import time; a name already registered is refused. `version`: raised when the
+    preset's own settings move (its runs then form a setup of their own: `preset_defaults_version`);
+    `cpu_minutes`: what a run takes on the reference 2-core CPU, said in a run's first line."""
     global PRESET_NAMES
     if not isinstance(name, str) or not name.strip() or name == "*" or "/" in name or name != name.strip():
         raise ConfigError(f"a preset name is a word without '/' or spaces around it, got {name!r}")
@@ -125,7 +135,16 @@ def register_preset(name: str, layers: Optional[Mapping[str, Mapping[str, Any]]]
     if parent is not None:
         PRESET_PARENTS[name] = parent
     PRESET_HELP[name] = help
+    PRESET_VERSIONS[name] = int(version)
+    if cpu_minutes:
+        PRESET_CPU_MINUTES[name] = cpu_minutes
     PRESET_NAMES = tuple(RUNNER_PRESETS)
+
+
+def preset_defaults_version(preset: str) -> int:
+    """The defaults version a run at `preset` records as its setup's: the core's, or the preset's own
+    where its settings moved later (a preset's version is its own, not its parent's)."""
+    return max(DEFAULTS_VERSION, PRESET_VERSIONS.get(preset, 0))
 
 
 def unregister_preset(name: str) -> None:
@@ -139,6 +158,8 @@ def unregister_preset(name: str) -> None:
     del RUNNER_PRESETS[name]
     PRESET_PARENTS.pop(name, None)
     PRESET_HELP.pop(name, None)
+    PRESET_VERSIONS.pop(name, None)
+    PRESET_CPU_MINUTES.pop(name, None)
     PRESET_NAMES = tuple(RUNNER_PRESETS)
 
 
@@ -172,14 +193,21 @@ register_preset("gpu", {
 # About 20 minutes a run on 2 cores, evaluation included. (Registered before its parent `quick`, in
 # the order the presets have always been listed; a parent is looked up when a preset is resolved.)
 register_preset("standard", {
-        "*": {"epochs": 40, "synthesis_batch_size": 128, "pool_max": 8192, "aa_limit": 500},
-    }, parent="quick", help="the CPU benchmark: quick with 5x the student steps")
-# CPU-sized: the bundled CPU teacher, a small student, about 10 minutes on 2 cores.
+        # fp32 training pinned: the committed benchmark (defaults v2) was trained in fp32 and stays
+        # reproducible and comparable whatever `quick` does on CPUs with native bf16
+        "*": {"epochs": 40, "synthesis_batch_size": 128, "pool_max": 8192, "aa_limit": 500,
+              "cpu_auto_precision": "fp32"},
+    }, parent="quick", help="the CPU benchmark: quick with 5x the student steps",
+    cpu_minutes="about 40 CPU-minutes, evaluation included")
+# CPU-sized: the bundled CPU teacher, a small student, a few minutes on 2 cores. Version 3 (issue 31):
+# AutoAttack on a class-stratified 500 (50 per class, as `standard`) instead of 2,000, which took
+# 80 % of the evaluation.
 register_preset("quick", {
         "*": {"student": "resnet8", "epochs": 8, "gen_iters": 10, "student_iters": 40, "batch_size": 64,
-              "synthesis_batch_size": 64, "pool_max": 4096, "eval_limit": None, "aa_limit": 2000},
+              "synthesis_batch_size": 64, "pool_max": 4096, "eval_limit": None, "aa_limit": 500},
         "cifar10": {"teacher": "cpu-resnet20-cifar10"},
-    }, help="CPU-sized: the bundled CPU teacher, a small student")
+    }, help="CPU-sized: the bundled CPU teacher, a small student", version=3,
+    cpu_minutes="about 6 minutes on 2 cores")
 # Seconds, for tests and plumbing checks.
 register_preset("smoke", {
         "*": {"student": "resnet8", "epochs": 2, "gen_iters": 2, "student_iters": 2, "batch_size": 8,
@@ -272,12 +300,12 @@ def runner_choices() -> Dict[str, Sequence[str]]:
     from .optim import optimizer_names, schedule_names
 
     return {"student_schedule": schedule_names(), "student_optimizer": optimizer_names(),
-            "compile": COMPILE_MODES, "precision": PRECISIONS}
+            "compile": COMPILE_MODES, "precision": PRECISIONS, "cpu_auto_precision": CPU_AUTO_PRECISIONS}
 
 
 # Runner settings added after results were first written, with the value every earlier run had: a
 # stored config (a resume state, a result) that lacks one is read as having it (with_added_settings).
-SETTINGS_ADDED: Dict[str, Any] = {"student_optimizer": "sgd"}
+SETTINGS_ADDED: Dict[str, Any] = {"student_optimizer": "sgd", "cpu_auto_precision": "fp32"}
 
 
 def with_added_settings(stored: Mapping[str, Any], method_cls: Any = None) -> Dict[str, Any]:

@@ -207,6 +207,8 @@ def report(device: str = "auto", run_compile: bool = True, data_root: Optional[s
     cuda_ok = torch.cuda.is_available()
     gpus = gpu_facts()
     target = "cuda" if (device in ("auto", "cuda") and cuda_ok) or device.startswith("cuda") else "cpu"
+    from .acceleration import cpu_native_bf16
+
     facts: Dict[str, Any] = {
         "kind": "doctor",
         "python": platform.python_version(),
@@ -223,6 +225,7 @@ def report(device: str = "auto", run_compile: bool = True, data_root: Optional[s
         "packages": {p: _package(p) for p in ("torchvision", "timm", "robustbench", "pyautoattack", "triton")},
         "imports": {m: _importable(m) for m in ("pyautoattack", "robustbench")},
         "cpu_threads": torch.get_num_threads(),
+        "cpu_native_bf16": cpu_native_bf16(),
         "compile_device": target,
         "compile": compile_check(target) if run_compile else None,
         "data": data_facts(data_root),
@@ -243,6 +246,10 @@ def verdict(f: Dict[str, Any]) -> List[Tuple[str, bool, str]]:
                       "bf16 supported" if bf16 else "no bf16 on this GPU: pass --set precision=fp32"))
     else:
         lines.append(("--device cuda", False, f["cuda_reason"]))
+    native = f.get("cpu_native_bf16")
+    lines.append(("bf16 training on this CPU (precision=auto in presets with cpu_auto_precision=bf16-if-native)",
+                  bool(native), "native bf16 (avx512_bf16 / AMX)" if native else
+                  "no native bf16: such presets train in fp32 here (bf16 would be emulated, slower)"))
     c = f["compile"]
     if c is None:
         lines.append(("compile=auto/on (paper preset)", True, "not checked (--no-compile)"))
@@ -285,7 +292,7 @@ def format_report(f: Dict[str, Any]) -> str:
         + (f" (CUDA {f['torch_cuda']} needs >= {f['driver_required']}: {fits})" if f["driver_required"] else ""),
         f"GPUs: {gpus}",
         f"host C compiler: {f['host_c_compiler'] or 'none'}; triton {f['packages'].get('triton') or '-'}; "
-        f"CPU threads {f['cpu_threads']}",
+        f"CPU threads {f['cpu_threads']}, native bf16 {'yes' if f.get('cpu_native_bf16') else 'no'}",
         f"packages: " + ", ".join(f"{k} {v or '-'}" for k, v in f["packages"].items() if k != "triton"),
         f"data root: {f['data']['root']}{'' if f['data']['exists'] else ' (missing)'}"
         + (" [offline]" if f["data"]["offline"] else ""),

@@ -35,8 +35,8 @@ from .acceleration import Accelerator, enable_cudnn_autotune
 from .attacks import AttackSettings
 from .checkpoints import save_model, sha256_file, weights_sha256
 from .augment import random_crop_flip
-from .config import (DEFAULTS_VERSION, run_defaults_version, Config, check_seed, resolve_config, student_steps,
-                     with_added_settings)
+from .config import (DEFAULTS_VERSION, PRESET_CPU_MINUTES, Config, check_seed, preset_defaults_version, resolve_config,
+                     run_defaults_version, student_steps, with_added_settings)
 from .data import get_dataset_spec, load_split
 from .distributed import EvalShard, World, session
 from .epoch_log import epoch_line, open_tensorboard, require_tensorboard
@@ -88,9 +88,10 @@ def run_name_for(req: RunRequest, cfg: Config) -> str:
     shown = {k: v for k, v in sorted(req.overrides.items())}
     if shown:
         name += "-" + hashlib.sha1(json.dumps(shown, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    # a method whose defaults moved past the core's gets a new folder, so that a sweep neither skips
-    # the new reading as "finished" nor resumes an old run under it (Method.defaults_version)
-    version = run_defaults_version(get_method(req.method))
+    # a method or a preset whose defaults moved past the core's gets a new folder, so that a sweep
+    # neither skips the new reading as "finished" nor resumes an old run under it
+    # (Method.defaults_version, register_preset's version)
+    version = max(run_defaults_version(get_method(req.method)), preset_defaults_version(req.preset))
     if version > DEFAULTS_VERSION:
         name += f"-v{version}"
     return name
@@ -619,9 +620,18 @@ def _resume_or_start(run: _Run) -> None:
     student = run.ctx.student
     log(f"{req.method} on {req.dataset} [{req.preset}]: teacher {cfg.teacher}, student {cfg.student} "
         f"({count_parameters(student) / 1e6:.2f}M), {cfg.epochs} epochs -> {run.run_dir}"
-        + (f", data-parallel over {world.size} processes" if world.parallel else ""))
+        + (f", data-parallel over {world.size} processes" if world.parallel else "") + _expected_time(run))
     if run.ctx.accel.compile_attacks:
         log("compile: attack passes are compiled on first use (tens of seconds per model on a CPU)")
+
+
+def _expected_time(run: _Run) -> str:
+    """What the run should take, for its first line: the preset's measured time on the reference CPU
+    (register_preset's cpu_minutes), where it runs on a CPU; nothing elsewhere (`dfrd-bench estimate`)."""
+    minutes = PRESET_CPU_MINUTES.get(run.req.preset)
+    if run.device.type != "cpu" or not minutes or run.start_epoch:
+        return ""
+    return f"; expected {minutes}, training in {run.ctx.accel.precision}"
 
 
 def _train(run: _Run, after_epoch: Optional[Callable[[int], None]]) -> None:
@@ -727,7 +737,7 @@ def _finish(run: _Run, attacks: str) -> Dict[str, Any]:
             "student_steps": student_steps(cfg),
             "method_info": info_as_dict(run.method_cls.info),  # tables render it where the plugin is not installed
             "defaults_version": run_defaults_version(run.method_cls),
-            "core_defaults_version": DEFAULTS_VERSION,
+            "core_defaults_version": preset_defaults_version(req.preset),
             "overrides": {k: v for k, v in req.overrides.items()},
             "history": run.history,
             "wall_seconds": {"train": round(run.train_seconds, 1), "eval": round(time.time() - t_eval, 1)},
