@@ -79,6 +79,7 @@ from dfrd_bench.bench import _with_gen_iters  # noqa: E402
 from dfrd_bench.config import Config, resolve_config  # noqa: E402
 from dfrd_bench.data import get_dataset_spec  # noqa: E402
 from dfrd_bench.method import get_method  # noqa: E402
+from dfrd_bench.optim import create_optimizer  # noqa: E402
 from dfrd_bench.runner import make_context, student_batch, student_step  # noqa: E402
 from dfrd_bench.utils import seed_everything  # noqa: E402
 
@@ -435,11 +436,12 @@ class Ours:
     rng: torch.Generator
 
 
-def build_ours(method_name: str, overrides: Dict[str, Any], opts: argparse.Namespace, compile_mode: str) -> Ours:
+def build_ours(method_name: str, overrides: Dict[str, Any], opts: argparse.Namespace, compile_mode: str,
+               precision: str = "fp32") -> Ours:
     method_cls = get_method(method_name)
     cfg = resolve_config(method_cls, DATASET, PRESET, {**overrides, "teacher": TEACHER, "student": STUDENT,
                                                        "batch_size": opts.batch, "synthesis_batch_size": opts.batch,
-                                                       "compile": compile_mode})
+                                                       "compile": compile_mode, "precision": precision})
     rng = seed_everything(opts.seed)  # same seed for every build: the same teacher and student weights
     ctx = make_context(cfg, DATASET, torch.device("cpu"), rng)
     method = method_cls()
@@ -455,8 +457,7 @@ def fill_pool(o: Ours, n: int) -> None:
 def ours_student(o: Ours) -> Callable[[], float]:
     """The runner's loop body, as `dfrd-bench bench` times it: pool batch (+ crop+flip), loss, backward, SGD."""
     cfg, ctx = o.cfg, o.ctx
-    opt = torch.optim.SGD(ctx.student.parameters(), lr=cfg.student_lr, momentum=cfg.student_momentum,
-                          weight_decay=cfg.student_weight_decay)
+    opt = create_optimizer(cfg.student_optimizer, ctx.student.parameters(), cfg)  # the runner's
     ctx.student.train()
     return lambda: timed(lambda: student_step(o.method, ctx, opt, student_batch(ctx.pool, cfg, o.rng)))
 
@@ -482,17 +483,21 @@ def ours_generator(o: Ours, extra: int) -> Callable[[], float]:
 def ours_contestants(method: str, overrides: Dict[str, Any], opts, kind: str, with_compile: bool,
                      prepare: Callable[[Ours], None] = lambda o: None) -> List[Contestant]:
     """'ours' with compile off (always) and on (--compile, student rows: the generator iterations run no
-    compiled pass). Returns the contestants; the first one's Ours is kept on it for the reference side."""
+    compiled pass), in each training precision of --precision (fp32; bf16: autocast, as `precision=bf16`
+    or a preset's `cpu_auto_precision` on a CPU with native bf16 trains). Returns the contestants; the
+    first one's Ours is kept on it for the reference side."""
     out = []
-    for mode in ("off", "on") if with_compile else ("off",):
-        o = build_ours(method, overrides, opts, mode)
-        prepare(o)
-        set_args = " ".join(f"--set {k}={v}" for k, v in overrides.items())
-        measure = ours_student(o) if kind == "student" else ours_generator(o, opts.gen_extra_iters)
-        c = Contestant(f"ours-compile-{mode}", "ours", f"ours (compile {mode})", "ours",
-                       f"dfrd-bench {method} [{PRESET}] {set_args}".strip(), measure)
-        c.ours = o  # type: ignore[attr-defined]
-        out.append(c)
+    for precision in opts.precision.split(","):
+        for mode in ("off", "on") if with_compile else ("off",):
+            o = build_ours(method, overrides, opts, mode, precision)
+            prepare(o)
+            set_args = " ".join(f"--set {k}={v}" for k, v in {**overrides, "precision": precision}.items())
+            measure = ours_student(o) if kind == "student" else ours_generator(o, opts.gen_extra_iters)
+            suffix = "" if precision == "fp32" else f"-{precision}"
+            c = Contestant(f"ours-compile-{mode}{suffix}", "ours", f"ours (compile {mode}, {precision})", "ours",
+                           f"dfrd-bench {method} [{PRESET}] {set_args}".strip(), measure)
+            c.ours = o  # type: ignore[attr-defined]
+            out.append(c)
     return out
 
 
@@ -905,6 +910,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="also time our student loops with compile on")
     p.add_argument("--quick", action="store_true", help="1 repeat, no warm-up: checks that everything runs")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", default="fp32",
+                   help="our contestants' training precision(s), comma-separated: fp32 (the reference's), bf16")
     p.add_argument("--out", default="results/speed/reference.json")
     p.add_argument("--in-process", action="store_true",
                    help="run several rows in this one process (default: one process per row; see run_rows_apart)")
