@@ -19,7 +19,10 @@ ASSETS = Path(os.environ.get("DFRD_ASSETS", REPO.parent / "shared" / "assets"))
 
 
 def pytest_configure(config):
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    # DFRD_TEST_THREADS (default 2): torch threads of the test process and of the processes it starts
+    threads = int(os.environ.get("DFRD_TEST_THREADS", "2"))
+    torch.set_num_threads(min(threads, torch.get_num_threads()))
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     os.environ.setdefault("DFRD_OFFLINE", "1")  # never try a download from the tests
 
 

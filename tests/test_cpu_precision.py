@@ -43,7 +43,9 @@ def test_the_committed_benchmark_preset_stays_fp32_and_quick_moved_to_its_own_ve
     assert standard.cpu_auto_precision == "fp32" and standard.aa_limit == 500
     assert preset_defaults_version("standard") == DEFAULTS_VERSION  # its runs stay one setup with the committed ones
     assert preset_defaults_version("quick") == 3 > DEFAULTS_VERSION  # quick's AA subset moved: a setup of its own
-    assert resolve_config(fast, "cifar10", "quick").aa_limit == 500
+    quick = resolve_config(fast, "cifar10", "quick")
+    assert quick.aa_limit == 500 and quick.cpu_auto_precision == "bf16-if-native"  # results/cpu-bf16/
+    assert resolve_config(fast, "cifar10", "smoke").cpu_auto_precision == "fp32"   # tests keep fp32
     # an older result or checkpoint (no such setting) trained in fp32
     assert with_added_settings({"precision": "auto"})["cpu_auto_precision"] == "fp32"
     assert "quick" in PRESET_CPU_MINUTES and "standard" in PRESET_CPU_MINUTES
