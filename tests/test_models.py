@@ -125,3 +125,23 @@ def test_layer_hooks_refuse_layers_that_are_not_one_feature_map():
         model.check_layers(32, ["b"], continue_from="b")
     model.check_layers(32, ["b"])  # b itself is a fine feature map
     assert model.stage_names == () and model.feature_layer is None  # opaque: no pattern fits
+
+
+def test_forward_from_a_stage_or_the_head_norm_runs_directly_and_equals_the_hooked_forward():
+    """Issue 31: a StagedNet continues from a stage or its head's BN without hooks (FERD's bottleneck
+    calls it 10-50 times per generator step); the numbers are the hooked forward's, bit for bit."""
+    import torch
+
+    from dfrd_bench.models import build_model
+
+    for arch, layers in (("wrn-16-1", ("block2", "block3", "bn1")), ("preactresnet18", ("layer4", "head.bn")),
+                         ("resnet20", ("layer2", "layer3"))):
+        model = build_model(arch, 10, 32).eval()
+        x = torch.rand(3, 3, 32, 32)
+        for layer in layers:
+            logits, h = model.forward_features(x, layer)
+            assert model.net.continue_from(layer, h) is not None, (arch, layer)
+            assert torch.equal(model.forward_from(h, x, layer), model.forward_hooked(x[:0], replace=(layer, h))[0])
+            assert torch.allclose(model.forward_from(h, x, layer), logits, atol=1e-5)
+    wrn = build_model("wrn-16-1", 10, 32).eval()
+    assert wrn.net.continue_from("block1.layer.0", torch.zeros(1)) is None  # not a stage: hooks are used

@@ -34,7 +34,7 @@ def test_ferd_smoke_run_writes_result_student_and_samples(tmp_path, test_npz):
     assert "utae_target_hist" in saved["history"][0]
     assert (run_dir / "samples.png").stat().st_size > 0
     assert load_model(run_dir / "student.pt").arch == "resnet8"
-    assert saved["cpu_seconds"]["train"] > 0 and saved["cpu_seconds"]["eval"] > 0
+    assert saved["cpu_seconds"]["train"] > 0 and saved["cpu_seconds"]["eval"] >= 0  # a 20-image smoke evaluation can round to 0.0
 
 
 def test_epoch_log_is_one_compact_line_and_tensorboard_gets_every_record(tmp_path, test_npz):

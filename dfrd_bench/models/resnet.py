@@ -61,8 +61,12 @@ class _Head(nn.Module):
         self.linear = nn.Linear(channels, num_classes)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.after_norm(self.bn(h) if self.bn is not None else h)
+
+    def after_norm(self, h: torch.Tensor) -> torch.Tensor:
+        """From the final BN's output on (ReLU first where there is one, as in forward)."""
         if self.bn is not None:
-            h = F.relu(self.bn(h))
+            h = F.relu(h)
         return self.linear(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1))
 
 
@@ -89,6 +93,9 @@ class CifarResNet(StagedNet):
         self.feature_layer = names[-1]
         self.head_norm = "head.bn" if preact else None
         _init_weights(self)
+
+    def head_after_norm(self, h: torch.Tensor) -> torch.Tensor:
+        return self.head.after_norm(h)
 
 
 def _init_weights(net: nn.Module) -> None:

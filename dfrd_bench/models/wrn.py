@@ -71,9 +71,12 @@ class WideResNet(StagedNet):
 
     def run_stage(self, name: str, h: torch.Tensor) -> torch.Tensor:
         if name == "head":
-            h = F.relu(self.bn1(h))  # not in place: bn1's output is layer l for FERD (head_norm)
-            return self.fc(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1))
+            return self.head_after_norm(self.bn1(h))  # bn1's output is layer l for FERD (head_norm)
         return getattr(self, name)(h)
+
+    def head_after_norm(self, h: torch.Tensor) -> torch.Tensor:
+        # ReLU not in place: bn1's output may be a tensor a hook or the bottleneck still reads
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(F.relu(h), 1), 1))
 
 
 for _depth, _widen, _note in [(34, 10, "the paper's CIFAR teacher"), (28, 10, ""), (40, 2, "DFKD teacher"),

@@ -75,7 +75,6 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from dfrd_bench.augment import random_crop_flip  # noqa: E402
-from dfrd_bench.bench import _with_gen_iters  # noqa: E402
 from dfrd_bench.config import Config, resolve_config  # noqa: E402
 from dfrd_bench.data import get_dataset_spec  # noqa: E402
 from dfrd_bench.method import get_method  # noqa: E402
@@ -468,7 +467,7 @@ def ours_generator(o: Ours, extra: int) -> Callable[[], float]:
 
     def run(n: int) -> float:
         def stage() -> None:
-            ctx.cfg = _with_gen_iters(cfg, n)
+            ctx.cfg = cfg.replace(gen_iters=n)
             try:
                 with ctx.accel.autocast():
                     samples = o.method.generate(ctx)
