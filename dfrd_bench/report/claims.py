@@ -219,8 +219,11 @@ def claims_section(results: Folders) -> str:
         blocks = _method_table_blocks(setup_runs)
         items: List[Item] = []
         for student in sorted({r.student for r in setup_runs}, key=lambda a: (student_family(a) != "resnet18", a)):
+            moved = sorted({(method_label(r.method), r.defaults_version) for r in setup_runs
+                            if r.defaults_version > setup.defaults_version})
             items.append(f"*{setup.dataset}, teacher `{setup.teacher}`, preset `{setup.preset}`, defaults "
-                         f"v{setup.defaults_version}, student {student}:*")
+                         f"v{setup.defaults_version}" + "".join(f" ({m} at its defaults v{v})" for m, v in moved)
+                         + f", student {student}:*")
             items.append("")
             for method in proposed:
                 items += _head_to_head(setup_runs, blocks.get(student, []), student, worst, method)
