@@ -198,7 +198,7 @@ register_preset("standard", {
         "*": {"epochs": 40, "synthesis_batch_size": 128, "pool_max": 8192, "aa_limit": 500,
               "cpu_auto_precision": "fp32"},
     }, parent="quick", help="the CPU benchmark: quick with 5x the student steps",
-    cpu_minutes="about 40 CPU-minutes, evaluation included")
+    cpu_minutes="20-50 CPU-minutes by method, evaluation included")
 # CPU-sized: the bundled CPU teacher, a small student, a few minutes on 2 cores. Version 3 (issue 31):
 # AutoAttack on a class-stratified 500 (50 per class, as `standard`) instead of 2,000, which took
 # 80 % of the evaluation, and bf16 training where the CPU has native bf16 (results/cpu-bf16/: no
