@@ -58,15 +58,20 @@ def test_cuda_rng_state_is_saved_for_the_runs_gpu_only(monkeypatch):
     assert torch.equal(runner._rng_states(ctx)["cuda_device"], torch.tensor([0]))
 
 
+def _compile_failing_with(message: str):
+    """A stand-in for torch.compile whose compiled model fails at its first call with `message`."""
+    def broken_compile(model, **kwargs):
+        def call(x):
+            raise RuntimeError(message)
+        return call
+
+    return broken_compile
+
+
 def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch):
     """A compiler that fails when the graph is first run (no C compiler, an Inductor error): the
     eager pass runs instead, one warning, and the accelerator records why."""
-    def broken_compile(model, **kwargs):
-        def call(x):
-            raise RuntimeError("InductorError: CppCompileError: no working C compiler found")
-        return call
-
-    monkeypatch.setattr(torch, "compile", broken_compile)
+    monkeypatch.setattr(torch, "compile", _compile_failing_with("InductorError: CppCompileError: no working C compiler found"))
     warnings = []
     accel = Accelerator(torch.device("cpu"), compile_attacks=True, warn=warnings.append)
     torch.manual_seed(0)
@@ -106,12 +111,7 @@ def test_a_failing_backward_compile_also_falls_back(monkeypatch):
 def test_a_run_records_the_compile_fallback(tmp_path, test_npz, monkeypatch):
     from dfrd_bench.runner import RunRequest, run
 
-    def broken_compile(model, **kwargs):
-        def call(x):
-            raise RuntimeError("InductorError: no C compiler")
-        return call
-
-    monkeypatch.setattr(torch, "compile", broken_compile)
+    monkeypatch.setattr(torch, "compile", _compile_failing_with("InductorError: no C compiler"))
     lines = []
     req = RunRequest(method="cmi", dataset="cifar10", preset="smoke", source=test_npz, out=str(tmp_path),
                      overrides={"teacher": "random:resnet8", "compile": "on", "epochs": 1, "attacks": "clean"})

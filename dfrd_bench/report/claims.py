@@ -217,10 +217,10 @@ def claims_section(results: Folders) -> str:
         any_setup = True
         worst = "worst10" if get_dataset_spec(setup.dataset).num_classes >= 100 else "worst"
         blocks = _method_table_blocks(setup_runs)
+        moved = sorted({(method_label(r.method), r.defaults_version) for r in setup_runs
+                        if r.defaults_version > setup.defaults_version})
         items: List[Item] = []
         for student in sorted({r.student for r in setup_runs}, key=lambda a: (student_family(a) != "resnet18", a)):
-            moved = sorted({(method_label(r.method), r.defaults_version) for r in setup_runs
-                            if r.defaults_version > setup.defaults_version})
             items.append(f"*{setup.dataset}, teacher `{setup.teacher}`, preset `{setup.preset}`, defaults "
                          f"v{setup.defaults_version}" + "".join(f" ({m} at its defaults v{v})" for m, v in moved)
                          + f", student {student}:*")

@@ -296,10 +296,7 @@ class FERD(Method):
         return teacher.feature_layer
 
     def setup(self, ctx: MethodContext) -> None:
-        cfg = ctx.cfg
-        for key, allowed in self.choices.items():
-            if cfg.get(key) not in allowed:
-                raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {cfg.get(key)!r}")
+        cfg = ctx.cfg  # its text settings were checked against `choices` when they were resolved
         self.layer = self.feature_layer(cfg, ctx.teacher)
         if self.layer is None:
             raise ConfigError(f"teacher {ctx.teacher.arch} exposes no intermediate layer; FERD needs layer l")
@@ -389,16 +386,19 @@ class FERD(Method):
         (`carried`): one scale per channel, its optimiser carried over the epoch, per-pixel noise."""
         cfg = ctx.cfg
         head = lambda h: teacher.forward_from(h, x, self.layer)  # noqa: E731  f_{l+}
+        # the variance the penalty compares with: per sample and channel, or per channel over the batch;
+        # the mask threshold reuses it when it is of the same kind (sample / clean)
         if carried is None:
             noise_scale = torch.zeros(z.shape[:2], device=z.device, requires_grad=True)
             opt: torch.optim.Optimizer = torch.optim.Adam([noise_scale], lr=cfg.ib_lr)
-            feature_var = sample_channel_var(z).clamp_min(1e-6)
+            raw_var, kind = sample_channel_var(z), "sample"
             draw = lambda: torch.randn(z.shape[:2] + (1,) * (z.dim() - 2), device=z.device, dtype=z.dtype)  # noqa: E731
         else:
             noise_scale, opt = carried
-            feature_var = channel_var(z).clamp_min(1e-6)
+            raw_var, kind = channel_var(z), "clean"
             # noise drawn in z's memory layout: randn_like on channels-last is 9x slower (acceleration.py)
             draw = lambda: randn_in_layout(z)  # noqa: E731
+        feature_var = raw_var.clamp_min(1e-6)
         # Eager on purpose: torch.compile made these 50 small steps slower on CPU (0.42 against 0.31 s).
         for _ in range(cfg.ib_steps):
             loss = ib_loss(head, z, y, noise_scale, draw(), feature_var, cfg.ib_beta, cfg.ib_penalty)
@@ -409,7 +409,9 @@ class FERD(Method):
             opt.step()
         with torch.no_grad():
             scale = F.softplus(noise_scale)
-            if cfg.ib_mask_variance == "sample":
+            if cfg.ib_mask_variance == kind:
+                reference_var = raw_var
+            elif cfg.ib_mask_variance == "sample":
                 reference_var = sample_channel_var(z)
             elif cfg.ib_mask_variance == "noisy":
                 reference_var = channel_var(z + as_feature_map(scale, z) * draw())
