@@ -47,14 +47,14 @@ class Generator(nn.Module):
             if y is None:
                 raise ValueError("this generator is conditional: pass labels y")
         # fp32 images whatever autocast surrounds the call (precision rule 2, dfrd_bench/acceleration.py):
-        # the generator is a few percent of a generation step's work, its output is what every later
-        # pass and attack starts from
+        # its output is what every later pass and attack starts from. Contiguous whatever the layout of
+        # the weights (ctx.place_generator), so what reads the images never sees the difference.
         with fp32_region(z.device):
             z = z.float()
             if self.embed is not None:
                 z = z * self.embed(y)
             h = self.l1(z).view(z.shape[0], self.width * 2, self.init_size, self.init_size)
-            return self.conv_blocks(h)
+            return self.conv_blocks(h).contiguous()
 
     def reinit_first_layers(self, generator: Optional[torch.Generator] = None) -> None:
         """Fast-Datafree's late re-initialisation (`reset_l0`): the first linear layer's weight and the

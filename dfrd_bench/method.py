@@ -94,6 +94,15 @@ class MethodContext:
     def world_size(self) -> int:
         return self.world.size
 
+    def place_generator(self, module: torch.nn.Module) -> torch.nn.Module:
+        """A generator (or any module a method builds and trains) on the run's device, its convolution
+        weights channels-last where `generator_channels_last` says so (the default; 1.6x faster
+        generator passes on a 2-core CPU, issue 31). Call it after building, before the optimiser."""
+        module = module.to(self.device)
+        if self.cfg.generator_channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        return module
+
     # Keeping what a method shares across samples the same on every process of a data-parallel run
     # (each a no-op with one process).
     def average_gradients(self, params: Iterable[torch.nn.Parameter]) -> None:

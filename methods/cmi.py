@@ -171,7 +171,7 @@ class CMI(RobustKDMethod):
             raise ConfigError("bank_size must be positive and n_neg non-negative")
         if cfg.gen_iters < 1:
             raise ConfigError("gen_iters must be at least 1")
-        self.generator = Generator(cfg.latent_dim, cfg.gen_width, ctx.image_size).to(ctx.device)
+        self.generator = ctx.place_generator(Generator(cfg.latent_dim, cfg.gen_width, ctx.image_size))
         dim = self._feature_dim(ctx)
         self.feature_dim = dim
         self.head = MLPHead(dim, cfg.head_dim).to(ctx.device)

@@ -169,7 +169,7 @@ class DFHL(Method):
                               "(augment=true): student_augment=true would do it twice; set one of them to false")
         self.oracle = HardLabelOracle(ctx.teacher)  # from here on the method never touches ctx.teacher
         self.pool_queries = 0
-        self.generator = Generator(cfg.latent_dim, cfg.gen_width, ctx.image_size).to(ctx.device)
+        self.generator = ctx.place_generator(Generator(cfg.latent_dim, cfg.gen_width, ctx.image_size))
 
     # -- generation stage ------------------------------------------------------------------------
     def generate(self, ctx: MethodContext) -> Samples:

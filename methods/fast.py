@@ -159,7 +159,7 @@ class Fast(RobustKDMethod):
             raise ConfigError("gen_iters must be at least 1")
         if not ctx.teacher.bn_layers():
             raise ConfigError(f"teacher {ctx.teacher.arch} has no BatchNorm layer: Fast's BN-statistics loss needs one")
-        self.generator = Generator(cfg.latent_dim, cfg.gen_width, ctx.image_size).to(ctx.device).train()
+        self.generator = ctx.place_generator(Generator(cfg.latent_dim, cfg.gen_width, ctx.image_size)).train()
         # the authors' meta optimiser: Adam at lr_g * g_steps, betas (0.5, 0.999)
         self.meta_opt = torch.optim.Adam(self.generator.parameters(), lr=cfg.gen_lr * cfg.gen_iters,
                                          betas=(cfg.gen_beta1, cfg.gen_beta2))

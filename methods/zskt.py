@@ -61,7 +61,7 @@ class ZSKTGenerator(nn.Module):
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.layers(z)
+        return self.layers(z).contiguous()  # contiguous images whatever the weights' layout (ctx.place_generator)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -153,7 +153,7 @@ class ZSKT(RobustKDMethod):
             if cfg.pool_max is None:
                 raise ConfigError("zskt with pool_sampling=latest needs pool_max (e.g. = synthesis_batch_size); "
                                   "otherwise every pseudo-batch is kept in memory")
-        self.generator = ZSKTGenerator(cfg.latent_dim, ctx.image_size, cfg.gen_width).to(ctx.device)
+        self.generator = ctx.place_generator(ZSKTGenerator(cfg.latent_dim, ctx.image_size, cfg.gen_width))
         self.gen_opt = torch.optim.Adam(self.generator.parameters(), lr=cfg.gen_lr, betas=(cfg.gen_beta1, cfg.gen_beta2))
         self._teacher_cache: Optional[Tuple[int, torch.Tensor, torch.Tensor, List[torch.Tensor]]] = None
 

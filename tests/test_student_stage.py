@@ -42,6 +42,7 @@ def test_standard_preset_is_quick_with_five_times_the_steps_and_a_larger_pool():
         assert student_steps(standard) == 5 * student_steps(quick) == 1600, m
         # everything else as in quick: the parent's method layers (attack steps, bank sizes) carry over
         same = {k for k in quick if k not in ("preset", "epochs", "synthesis_batch_size", "pool_max", "aa_limit", "cpu_auto_precision",
+                                              "generator_channels_last",
                                               "checkpoint_every_epochs", "log_every_epochs")}
         assert {k: standard[k] for k in same} == {k: quick[k] for k in same}, m
         pool = (standard.epochs - standard.warmup_epochs) * standard.synthesis_batch_size

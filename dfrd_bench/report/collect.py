@@ -17,7 +17,8 @@ from ..store import iter_results
 # --set keys that change how a run is evaluated or logged, not what the method does.
 NON_METHOD_KEYS = frozenset({
     "student", "teacher", "teacher_arch", "teacher_layout", "teacher_normalize", "attacks", "eval_limit", "aa_limit",
-    "eval_batch_size", "channels_last", "compile", "precision", "checkpoint_every_epochs", "log_every_epochs",
+    "eval_batch_size", "channels_last", "generator_channels_last", "compile", "precision", "checkpoint_every_epochs",
+    "log_every_epochs",
 })
 HIGHER_IS_BETTER = {"avg": True, "worst": True, "worst10": True, "nsd": False}
 

@@ -33,7 +33,7 @@ class BNPrior(RobustKDMethod):
     report_module = "bnprior"  # this module also declares BN-Prior's own table (below)
 
     def setup(self, ctx: MethodContext) -> None:
-        self.generator = Generator(ctx.cfg.latent_dim, image_size=ctx.image_size).to(ctx.device)
+        self.generator = ctx.place_generator(Generator(ctx.cfg.latent_dim, image_size=ctx.image_size))
         self.opt = torch.optim.Adam(self.generator.parameters(), lr=ctx.cfg.gen_lr, betas=(0.5, 0.999))
 
     def generate(self, ctx: MethodContext) -> Samples:

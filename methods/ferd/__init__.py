@@ -313,7 +313,7 @@ class FERD(Method):
                                    num_classes=ctx.num_classes if cfg.conditional else None)
         if cfg.gen_init == "dcgan":
             dcgan_init_(self.generator)  # the released code's reset_model, at every re-initialisation
-        self.generator = self.generator.to(ctx.device)
+        self.generator = ctx.place_generator(self.generator)
         self.gen_opt = torch.optim.Adam(self.generator.parameters(), lr=cfg.gen_lr, betas=(cfg.gen_beta1, cfg.gen_beta2))
         ctx.sync_module(self.generator)  # data-parallel: a re-built generator is drawn per process
 
