@@ -131,7 +131,7 @@ def pick_device(device: Optional[str] = None) -> "torch.device":  # noqa: F821
         except (RuntimeError, ValueError):
             raise DfrdError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
         if dev.type == "cuda" and not torch.cuda.is_available():
-            from .doctor import cuda_unusable_reason
+            from .cuda_driver import cuda_unusable_reason
 
             # why: a CPU-only torch, no driver, a driver older than torch's CUDA needs, hidden GPUs
             raise DfrdError(f"--device {device}: CUDA cannot be used here: {cuda_unusable_reason()}")
@@ -152,7 +152,7 @@ def _warn_if_gpu_unusable() -> None:
     run would otherwise go to the CPU without a word."""
     import warnings
 
-    from .doctor import cuda_unusable_reason, driver_version
+    from .cuda_driver import cuda_unusable_reason, driver_version
 
     if _WARNED_GPU:  # checked once per process
         return

@@ -123,7 +123,7 @@ def test_a_run_records_the_compile_fallback(tmp_path, test_npz, monkeypatch):
 
 def test_device_cuda_says_the_driver_is_too_old(monkeypatch):
     """torch built for CUDA 13 on a driver of the CUDA 12 era: one line saying why and what to do."""
-    from dfrd_bench import doctor
+    from dfrd_bench import cuda_driver as doctor  # where pick_device reads the driver from
     from dfrd_bench.errors import DfrdError
     from dfrd_bench.utils import pick_device
 
@@ -526,7 +526,7 @@ def test_the_fp16_teacher_loads_into_fp32_and_halves_the_file(tmp_path):
 
 def test_device_auto_warns_when_a_gpu_is_there_but_unusable(monkeypatch):
     import dfrd_bench.utils as utils
-    from dfrd_bench import doctor
+    from dfrd_bench import cuda_driver as doctor  # where pick_device reads the driver from
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.version, "cuda", "13.0")
