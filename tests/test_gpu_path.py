@@ -123,18 +123,18 @@ def test_a_run_records_the_compile_fallback(tmp_path, test_npz, monkeypatch):
 
 def test_device_cuda_says_the_driver_is_too_old(monkeypatch):
     """torch built for CUDA 13 on a driver of the CUDA 12 era: one line saying why and what to do."""
-    from dfrd_bench import cuda_driver as doctor  # where pick_device reads the driver from
+    from dfrd_bench import cuda_driver  # where pick_device reads the driver from
     from dfrd_bench.errors import DfrdError
     from dfrd_bench.utils import pick_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.version, "cuda", "13.0")
-    monkeypatch.setattr(doctor, "driver_version", lambda: "550.54.15")
+    monkeypatch.setattr(cuda_driver, "driver_version", lambda: "550.54.15")
     with pytest.raises(DfrdError) as err:
         pick_device("cuda")
     text = str(err.value)
     assert "\n" not in text and "550.54.15" in text and ">= 580.65.06" in text and "update the driver" in text
-    monkeypatch.setattr(doctor, "driver_version", lambda: None)
+    monkeypatch.setattr(cuda_driver, "driver_version", lambda: None)
     with pytest.raises(DfrdError, match="no NVIDIA driver is loaded"):
         pick_device("cuda:0")
     monkeypatch.setattr(torch.version, "cuda", None)
@@ -143,7 +143,7 @@ def test_device_cuda_says_the_driver_is_too_old(monkeypatch):
 
 
 def test_driver_requirements_by_cuda_version():
-    from dfrd_bench.doctor import driver_fits, required_driver
+    from dfrd_bench.cuda_driver import driver_fits, required_driver
 
     assert required_driver("13.0") == "580.65.06" and required_driver("12.4") == "525.60.13"
     assert driver_fits("580.82.07", "13.0") and not driver_fits("575.57.08", "13.0")
@@ -526,15 +526,15 @@ def test_the_fp16_teacher_loads_into_fp32_and_halves_the_file(tmp_path):
 
 def test_device_auto_warns_when_a_gpu_is_there_but_unusable(monkeypatch):
     import dfrd_bench.utils as utils
-    from dfrd_bench import cuda_driver as doctor  # where pick_device reads the driver from
+    from dfrd_bench import cuda_driver  # where pick_device reads the driver from
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.version, "cuda", "13.0")
-    monkeypatch.setattr(doctor, "driver_version", lambda: "550.54.15")
+    monkeypatch.setattr(cuda_driver, "driver_version", lambda: "550.54.15")
     monkeypatch.setattr(utils, "_WARNED_GPU", [])
     with pytest.warns(RuntimeWarning, match="runs on the CPU.*580.65.06"):
         assert utils.pick_device("auto").type == "cpu"
-    monkeypatch.setattr(doctor, "driver_version", lambda: None)
+    monkeypatch.setattr(cuda_driver, "driver_version", lambda: None)
     monkeypatch.setattr(utils, "_WARNED_GPU", [])
     import warnings
 
