@@ -212,7 +212,7 @@ register_preset("quick", {
               "cpu_auto_precision": "bf16-if-native"},
         "cifar10": {"teacher": "cpu-resnet20-cifar10"},
     }, help="CPU-sized: the bundled CPU teacher, a small student", version=3,
-    cpu_minutes="about 3 minutes on 2 cores (4 without native bf16)")
+    cpu_minutes="3-5 minutes on 2 cores with native bf16, more without")
 # Seconds, for tests and plumbing checks.
 register_preset("smoke", {
         "*": {"student": "resnet8", "epochs": 2, "gen_iters": 2, "student_iters": 2, "batch_size": 8,
